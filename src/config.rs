@@ -1,0 +1,446 @@
+//! Command line and configuration: clap derive, every flag with a `NAVIS_AUTH_*` environment
+//! twin, parsed once into typed structs. The only module that reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::challenge::Challenges;
+
+/// navis-auth: token validation for the Navis Ops API and MCP servers.
+#[derive(Debug, Parser)]
+#[command(name = "navis-auth", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (Validator, TokenAdmin and HTTP listeners).
+    Serve(ServeArgs),
+    /// Create, list, rotate and revoke API keys.
+    Keys {
+        /// The keys subcommand.
+        #[command(subcommand)]
+        cmd: KeysCmd,
+        /// Where the service is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Issue and refresh OAuth tokens (what the authorization server calls).
+    Oauth {
+        /// The oauth subcommand.
+        #[command(subcommand)]
+        cmd: OauthCmd,
+        /// Where the service is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke one token, one grant (subject + client) or every token of a subject.
+    Revoke {
+        /// The revoke subcommand.
+        #[command(subcommand)]
+        cmd: RevokeCmd,
+        /// Where the service is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask the Validator about a token, as an API server would. Exit code 0 = ALLOW.
+    Validate {
+        /// The token, a whole `Bearer …` value, or `-` to read it from standard input (keeps it
+        /// out of shell history).
+        token: String,
+        /// A scope the call needs (repeatable, or space/comma separated).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The RFC 8707 resource the call is for.
+        #[arg(long, default_value = "")]
+        resource: String,
+        /// Where the service is.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `navis-auth keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create an API key; the key is printed once.
+    Create {
+        /// Who the key acts for.
+        #[arg(long)]
+        subject: String,
+        /// Scopes, space or comma separated (repeatable): `mcp:read`, or `mcp:read,mcp:write`.
+        #[arg(long, required = true, num_args = 1..)]
+        scopes: Vec<String>,
+        /// A label for the Settings page.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime (`90d`, `12h`, `3600s`); omit for a key that never expires.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Bind the key to one RFC 8707 resource.
+        #[arg(long, default_value = "")]
+        resource: String,
+    },
+    /// List a subject's tokens (metadata only, never secrets).
+    List {
+        /// Whose tokens.
+        #[arg(long)]
+        subject: String,
+        /// Only tokens issued to this OAuth client.
+        #[arg(long, default_value = "")]
+        client_id: String,
+        /// Include revoked, expired and spent tokens.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke an API key (or any token) by its token id.
+    Revoke {
+        /// The token id (`tok_…`) from `keys list`.
+        token_id: String,
+    },
+    /// Replace a key: a new key with the same subject and scopes; the old one keeps working for
+    /// the grace period.
+    Rotate {
+        /// The token id of the key to replace.
+        token_id: String,
+        /// How long the old key keeps working (`0s` = stops at once).
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        grace: Duration,
+    },
+}
+
+/// `navis-auth oauth …`
+#[derive(Debug, Subcommand)]
+pub enum OauthCmd {
+    /// Issue an access + refresh token pair (a new grant).
+    Issue {
+        /// The user.
+        #[arg(long)]
+        subject: String,
+        /// The OAuth client.
+        #[arg(long)]
+        client_id: String,
+        /// Granted scopes.
+        #[arg(long, required = true, num_args = 1..)]
+        scopes: Vec<String>,
+        /// RFC 8707 resource the tokens are for.
+        #[arg(long, default_value = "")]
+        resource: String,
+        /// Access token lifetime.
+        #[arg(long, value_parser = parse_duration)]
+        access_ttl: Option<Duration>,
+        /// Refresh token lifetime.
+        #[arg(long, value_parser = parse_duration)]
+        refresh_ttl: Option<Duration>,
+    },
+    /// Spend a refresh token for a new pair.
+    Refresh {
+        /// The refresh token, or `-` to read it from standard input.
+        refresh_token: String,
+        /// The client the grant belongs to.
+        #[arg(long)]
+        client_id: String,
+        /// Narrow the scopes (default: the grant's).
+        #[arg(long, num_args = 1..)]
+        scopes: Vec<String>,
+    },
+}
+
+/// `navis-auth revoke …`
+#[derive(Debug, Subcommand)]
+pub enum RevokeCmd {
+    /// One token, by id.
+    Token {
+        /// The token id.
+        token_id: String,
+    },
+    /// Every token a subject gave one client (Connected Apps → Disconnect).
+    Grant {
+        /// The user.
+        #[arg(long)]
+        subject: String,
+        /// The OAuth client.
+        #[arg(long)]
+        client_id: String,
+    },
+    /// Every token of a subject.
+    Subject {
+        /// The user.
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+/// How client subcommands reach the service.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Validator address.
+    #[arg(
+        long,
+        env = "NAVIS_AUTH_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// TokenAdmin address.
+    #[arg(
+        long,
+        env = "NAVIS_AUTH_ADMIN_ADDR",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub admin_addr: String,
+    /// Admin token (prefer the file or the environment: flags show up in `ps`).
+    #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token [default: <data-dir>/admin-token].
+    #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The service's data directory, where it keeps a generated admin token.
+    #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// Where the admin token file is.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| {
+            self.data_dir
+                .clone()
+                .unwrap_or_else(default_data_dir)
+                .join(ADMIN_TOKEN_FILE)
+        })
+    }
+}
+
+/// `navis-auth serve` flags.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "serve")]
+pub struct ServeArgs {
+    /// Validator gRPC listener (port 0 = any free port; the bound address is logged).
+    #[arg(long, env = "NAVIS_AUTH_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// TokenAdmin gRPC listener: keep it off the public network.
+    #[arg(
+        long,
+        env = "NAVIS_AUTH_ADMIN_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub admin_listen: SocketAddr,
+    /// HTTP listener for /healthz and /readyz.
+    #[arg(long, env = "NAVIS_AUTH_HTTP_LISTEN", default_value = "127.0.0.1:9090")]
+    pub http_listen: SocketAddr,
+    /// Local state: the embedded store and a generated admin token
+    /// [default: $XDG_DATA_HOME/navis-auth or ~/.local/share/navis-auth].
+    #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Token store: `embedded` (in the data directory) or `embedded:PATH` (a directory).
+    #[arg(long, env = "NAVIS_AUTH_STORE", default_value = "embedded", value_parser = parse_store)]
+    pub store: StoreSpec,
+    /// File holding the admin token; generated (mode 0600) when missing
+    /// [default: <data-dir>/admin-token].
+    #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The protected resource's RFC 9728 metadata URL, sent in 401/403 challenges as
+    /// `resource_metadata` (the MCP authorization spec asks for it).
+    #[arg(long, env = "NAVIS_AUTH_RESOURCE_METADATA_URL", value_parser = parse_metadata_url)]
+    pub resource_metadata_url: Option<String>,
+    /// Most tokens the in-memory cache holds.
+    #[arg(long, env = "NAVIS_AUTH_CACHE_CAPACITY", default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub cache_capacity: u64,
+    /// How long "no such token" is remembered.
+    #[arg(long, env = "NAVIS_AUTH_NEGATIVE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub negative_ttl: Duration,
+    /// How often queued last-used times are written to the store.
+    #[arg(long, env = "NAVIS_AUTH_LAST_USED_FLUSH", default_value = "5s", value_parser = parse_nonzero_duration)]
+    pub last_used_flush: Duration,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    #[arg(long, env = "NAVIS_AUTH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log filter (`info`, `debug`, `navis_auth=debug,tonic=info`, …).
+    #[arg(long, env = "NAVIS_AUTH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Which store to run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// The embedded store, in the data directory or the given one.
+    Embedded(Option<PathBuf>),
+}
+
+/// The typed configuration of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Validator listener.
+    pub listen: SocketAddr,
+    /// TokenAdmin listener.
+    pub admin_listen: SocketAddr,
+    /// HTTP listener.
+    pub http_listen: SocketAddr,
+    /// Local state directory.
+    pub data_dir: PathBuf,
+    /// The embedded store's directory.
+    pub store_dir: PathBuf,
+    /// The admin token file.
+    pub admin_token_file: PathBuf,
+    /// Challenge builder (with the resource metadata URL).
+    pub challenges: Challenges,
+    /// Cache size.
+    pub cache_capacity: usize,
+    /// Negative entry lifetime.
+    pub negative_ttl: Duration,
+    /// last_used flush interval.
+    pub last_used_flush: Duration,
+    /// Drain bound.
+    pub shutdown_grace: Duration,
+    /// Log filter.
+    pub log: String,
+}
+
+/// Name of the admin token file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+impl Config {
+    /// Parses `serve` arguments (the first item is the program name, as with `std::env::args`).
+    ///
+    /// # Errors
+    /// A clap error naming the flag.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        ServeArgs::try_parse_from(args).map(Config::from)
+    }
+}
+
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Config {
+        let data_dir = a.data_dir.unwrap_or_else(default_data_dir);
+        let store_dir = match a.store {
+            StoreSpec::Embedded(Some(p)) => p,
+            StoreSpec::Embedded(None) => data_dir.clone(),
+        };
+        let admin_token_file = a
+            .admin_token_file
+            .unwrap_or_else(|| data_dir.join(ADMIN_TOKEN_FILE));
+        Config {
+            listen: a.listen,
+            admin_listen: a.admin_listen,
+            http_listen: a.http_listen,
+            challenges: Challenges::new(a.resource_metadata_url).unwrap_or_default(),
+            data_dir,
+            store_dir,
+            admin_token_file,
+            cache_capacity: usize::try_from(a.cache_capacity).unwrap_or(usize::MAX),
+            negative_ttl: a.negative_ttl,
+            last_used_flush: a.last_used_flush,
+            shutdown_grace: a.shutdown_grace,
+            log: a.log,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/navis-auth`, else `~/.local/share/navis-auth`, else `./navis-auth-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("navis-auth");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/navis-auth");
+    }
+    PathBuf::from("navis-auth-data")
+}
+
+fn parse_store(s: &str) -> Result<StoreSpec, String> {
+    match s.split_once(':') {
+        None if s == "embedded" => Ok(StoreSpec::Embedded(None)),
+        Some(("embedded", "")) => Err("embedded:PATH needs a directory".into()),
+        Some(("embedded", p)) => Ok(StoreSpec::Embedded(Some(PathBuf::from(p)))),
+        Some(("redis" | "rediss", _)) => Err(
+            "the Redis store is not in this build yet; use `embedded` or `embedded:PATH`".into(),
+        ),
+        _ => Err("expected `embedded` or `embedded:PATH`".into()),
+    }
+}
+
+fn parse_metadata_url(s: &str) -> Result<String, String> {
+    Challenges::new(Some(s.to_owned()))
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `90d`, `12h`, `30m`, `15s`, `250ms` or a plain number of seconds.
+///
+/// # Errors
+/// A message saying what is expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 30s, 15m, 12h, 90d, 250ms)"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(d)
+}
+
+fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback_and_embedded() {
+        let c = Config::try_parse_from(["serve", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:50052");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.store_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.admin_token_file, PathBuf::from("/tmp/x/admin-token"));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Config::try_parse_from(["serve", "--listen", "nope"]).unwrap_err();
+        assert!(e.to_string().contains("--listen"), "{e}");
+        let e = Config::try_parse_from(["serve", "--store", "mongodb://x"]).unwrap_err();
+        assert!(e.to_string().contains("--store"), "{e}");
+        let e = Config::try_parse_from(["serve", "--resource-metadata-url", "https://x\"y"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--resource-metadata-url"), "{e}");
+        let e = Config::try_parse_from(["serve", "--negative-ttl", "5 parsecs"]).unwrap_err();
+        assert!(e.to_string().contains("--negative-ttl"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1y").is_err());
+    }
+}

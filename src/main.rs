@@ -1,0 +1,113 @@
+//! The `navis-auth` binary: parse the command line, set up logging, run the service or a client
+//! subcommand, and turn the outcome into an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use navis_auth::config::{Cli, Command, Config};
+use navis_auth::{cli, server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One clear line naming the flag, not clap's multi-line report.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("navis-auth: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("navis-auth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Serve(args) => {
+            let config = Config::from(args);
+            init_logging(&config.log);
+            serve(config).await
+        }
+        other => {
+            init_logging("warn");
+            client(other).await
+        }
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("navis-auth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<u8> {
+    let listeners = server::Listeners::bind(&config).await?;
+    server::run(config, listeners, shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn client(cmd: Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Keys { cmd, client } => cli::keys(cmd, &client).await.map(|()| 0),
+        Command::Oauth { cmd, client } => cli::oauth(cmd, &client).await.map(|()| 0),
+        Command::Revoke { cmd, client } => cli::revoke(cmd, &client).await.map(|()| 0),
+        Command::Validate {
+            token,
+            scopes,
+            resource,
+            client,
+        } => cli::validate(&token, scopes, resource, &client).await,
+        Command::Serve(_) => Ok(0),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("navis-auth: --log: {e}; using `info`");
+        EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

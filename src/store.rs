@@ -1,0 +1,334 @@
+//! The `TokenStore` trait every store implements, its errors, and the call counter the service
+//! wraps around whichever store it runs on.
+//!
+//! A store keeps [`TokenRecord`]s keyed by SHA-256 of the token, with indexes by token id,
+//! subject and grant. Every operation that must be atomic (rotation, refresh-token spending,
+//! grant and subject revocation) is one store call, so each store can make it one transaction.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::record::TokenRecord;
+use crate::token::TokenHash;
+
+/// A boxed store future: the trait is used as `dyn TokenStore`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store call failed. Cloned to every caller that shared a coalesced lookup.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer: the caller must not treat the token as
+    /// invalid (G4).
+    #[error("store unavailable: {0}")]
+    Unavailable(Arc<str>),
+    /// A record or id that must be new already exists.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// A stored value could not be decoded.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(Arc<str>),
+}
+
+impl StoreError {
+    /// Builds an [`StoreError::Unavailable`] from any displayable cause.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(cause.to_string().into())
+    }
+}
+
+/// What a revocation applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// One token, by its hash.
+    Token(TokenHash),
+    /// One token, by its public id.
+    TokenId(String),
+    /// Every token of one grant (a refresh token family).
+    GrantId(String),
+    /// Every token of one subject issued to one client (Connected Apps → Disconnect).
+    SubjectClient {
+        /// The user.
+        subject: String,
+        /// The OAuth client.
+        client_id: String,
+    },
+    /// Every token of one subject.
+    Subject(String),
+}
+
+/// One token a call changed: enough to drop it from every cache and to report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The store key.
+    pub hash: TokenHash,
+    /// The public id.
+    pub token_id: String,
+}
+
+/// The outcome of presenting a refresh token.
+#[derive(Debug)]
+pub enum SpendOutcome {
+    /// The refresh token was spent and its successors stored.
+    Spent {
+        /// The refresh token's record, now marked spent.
+        old: Box<TokenRecord>,
+        /// The new records, as given.
+        issued: Vec<TokenRecord>,
+    },
+    /// The refresh token had already been spent: its whole grant is now revoked.
+    Reused {
+        /// What this call revoked.
+        revoked: Vec<Changed>,
+    },
+    /// Unknown, expired, revoked, or refused by the successor builder.
+    Refused(RefreshRefusal),
+}
+
+/// Why a refresh was refused (OAuth `invalid_grant` / `invalid_scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshRefusal {
+    /// No such refresh token.
+    #[error("invalid_grant: unknown refresh token")]
+    Unknown,
+    /// Past its expiry.
+    #[error("invalid_grant: refresh token expired")]
+    Expired,
+    /// Revoked, alone or with its grant.
+    #[error("invalid_grant: refresh token revoked")]
+    Revoked,
+    /// Issued to another client.
+    #[error("invalid_grant: refresh token was issued to another client")]
+    ClientMismatch,
+    /// Asked for scopes the grant does not hold.
+    #[error("invalid_scope: requested scopes exceed the grant")]
+    ScopeWidened,
+}
+
+/// Builds the successor records of a refresh token from its record, inside the store's
+/// transaction; refusing leaves everything unchanged.
+pub type Successors =
+    Box<dyn FnOnce(&TokenRecord) -> Result<Vec<TokenRecord>, RefreshRefusal> + Send>;
+
+/// A page of [`TokenStore::list`].
+#[derive(Debug, Default)]
+pub struct ListPage {
+    /// The records, ordered by token id.
+    pub records: Vec<TokenRecord>,
+    /// The token id to continue after, when there is more.
+    pub next: Option<String>,
+}
+
+/// A query for [`TokenStore::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Whose tokens.
+    pub subject: String,
+    /// Only this client's, when not empty.
+    pub client_id: String,
+    /// Include revoked, expired and spent tokens.
+    pub include_inactive: bool,
+    /// Continue after this token id.
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+    /// Now, to tell expired tokens.
+    pub now: i64,
+}
+
+/// Where token records live. Implementations: [`embedded::EmbeddedStore`] (one process, durable
+/// on local disk) and, later, Redis (shared by replicas).
+pub trait TokenStore: Send + Sync + 'static {
+    /// The record for a token hash, revoked and expired ones included.
+    fn get(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
+    /// The record for a public token id.
+    fn get_by_id(&self, token_id: String) -> StoreFuture<'_, Option<TokenRecord>>;
+    /// Stores new records atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a hash or id exists already.
+    fn insert(&self, records: Vec<TokenRecord>) -> StoreFuture<'_, ()>;
+    /// Stores `new` and sets the old token's `expires_at` in one transaction. Returns the old
+    /// record as it was, or `None` (and changes nothing) when it is missing or inactive.
+    fn rotate(
+        &self,
+        old_id: String,
+        old_expires_at: i64,
+        new: TokenRecord,
+        now: i64,
+    ) -> StoreFuture<'_, Option<TokenRecord>>;
+    /// Spends a refresh token atomically (see [`SpendOutcome`]).
+    fn spend_refresh(
+        &self,
+        hash: TokenHash,
+        now: i64,
+        successors: Successors,
+    ) -> StoreFuture<'_, SpendOutcome>;
+    /// Marks every active token of `target` revoked at `now`; returns the tokens it changed.
+    fn revoke(&self, target: RevokeTarget, now: i64) -> StoreFuture<'_, Vec<Changed>>;
+    /// Lists a subject's tokens, ordered by token id.
+    fn list(&self, query: ListQuery) -> StoreFuture<'_, ListPage>;
+    /// Records `last_used_at` for tokens; a later time never goes backwards.
+    fn touch(&self, used: Vec<(TokenHash, i64)>) -> StoreFuture<'_, ()>;
+    /// Checks the store answers (readiness).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Counts calls into the store by operation, so tests and metrics can see what reached it.
+#[derive(Debug, Default)]
+pub struct StoreCalls {
+    gets: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl StoreCalls {
+    /// Lookups by hash (the hot path's misses).
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
+    }
+    /// Admin and bookkeeping calls.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    /// Calls that failed.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// A store with call counting around it. Every part of the service talks to this.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn TokenStore>,
+    calls: Arc<StoreCalls>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Wraps a store.
+    pub fn new(inner: Arc<dyn TokenStore>) -> Self {
+        Store {
+            inner,
+            calls: Arc::default(),
+        }
+    }
+
+    /// The call counters.
+    pub fn calls(&self) -> &Arc<StoreCalls> {
+        &self.calls
+    }
+
+    async fn counted<T>(
+        &self,
+        counter: &AtomicU64,
+        f: StoreFuture<'_, T>,
+    ) -> Result<T, StoreError> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let r = f.await;
+        if r.is_err() {
+            self.calls.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// See [`TokenStore::get`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn get(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        self.counted(&self.calls.gets, self.inner.get(hash)).await
+    }
+
+    /// See [`TokenStore::get_by_id`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn get_by_id(&self, id: String) -> Result<Option<TokenRecord>, StoreError> {
+        self.counted(&self.calls.writes, self.inner.get_by_id(id))
+            .await
+    }
+
+    /// See [`TokenStore::insert`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn insert(&self, records: Vec<TokenRecord>) -> Result<(), StoreError> {
+        self.counted(&self.calls.writes, self.inner.insert(records))
+            .await
+    }
+
+    /// See [`TokenStore::rotate`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn rotate(
+        &self,
+        old_id: String,
+        old_expires_at: i64,
+        new: TokenRecord,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let f = self.inner.rotate(old_id, old_expires_at, new, now);
+        self.counted(&self.calls.writes, f).await
+    }
+
+    /// See [`TokenStore::spend_refresh`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn spend_refresh(
+        &self,
+        hash: TokenHash,
+        now: i64,
+        successors: Successors,
+    ) -> Result<SpendOutcome, StoreError> {
+        let f = self.inner.spend_refresh(hash, now, successors);
+        self.counted(&self.calls.writes, f).await
+    }
+
+    /// See [`TokenStore::revoke`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn revoke(&self, target: RevokeTarget, now: i64) -> Result<Vec<Changed>, StoreError> {
+        self.counted(&self.calls.writes, self.inner.revoke(target, now))
+            .await
+    }
+
+    /// See [`TokenStore::list`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn list(&self, query: ListQuery) -> Result<ListPage, StoreError> {
+        self.counted(&self.calls.writes, self.inner.list(query))
+            .await
+    }
+
+    /// See [`TokenStore::touch`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn touch(&self, used: Vec<(TokenHash, i64)>) -> Result<(), StoreError> {
+        self.counted(&self.calls.writes, self.inner.touch(used))
+            .await
+    }
+
+    /// See [`TokenStore::ping`].
+    ///
+    /// # Errors
+    /// As the store fails.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}

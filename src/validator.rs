@@ -1,0 +1,338 @@
+//! The validation pipeline: strip `Bearer` → format checks → SHA-256 → cache → (on a miss) one
+//! coalesced store lookup → expiry, revocation, resource and scope checks → a [`Verdict`].
+//! No gRPC types here; `grpc::validator` adapts it.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::{OnceCell, mpsc};
+
+use crate::cache::{Cache, CachedRecord, FillTicket, Lookup};
+use crate::challenge::Reason;
+use crate::clock::Clock;
+use crate::scope;
+use crate::store::{Store, StoreError};
+use crate::token::{self, TokenHash, TokenKind};
+
+/// Longest `token` field accepted. Longer is a caller bug or an attack: `INVALID_ARGUMENT`.
+pub const MAX_CREDENTIAL_LEN: usize = 4096;
+/// Longest `resource` accepted.
+pub const MAX_RESOURCE_LEN: usize = 2048;
+/// `last_used_at` is written at most this often per token (seconds).
+pub const TOUCH_EVERY_SECS: i64 = 60;
+
+/// What the caller asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Raw token or whole `Authorization` value, as bytes (may be invalid UTF-8).
+    pub credential: &'a [u8],
+    /// Every scope the call needs.
+    pub required_scopes: &'a [String],
+    /// RFC 8707 resource the call is for; empty = not checked.
+    pub resource: &'a str,
+}
+
+/// The three answers of DESIGN.md §1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Pass the request.
+    Allow,
+    /// HTTP 401.
+    Unauthenticated,
+    /// HTTP 403.
+    Forbidden,
+}
+
+/// Where the answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Decided from the request alone (format).
+    Request,
+    /// From the cache (positive or negative entry).
+    Cache,
+    /// From a store lookup.
+    Store,
+}
+
+/// A decision with its reason and, when the token is known, its record.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// Allow, 401 or 403.
+    pub decision: Decision,
+    /// Why.
+    pub reason: Reason,
+    /// The token's record, when it is known (allowed or forbidden).
+    pub record: Option<Arc<CachedRecord>>,
+    /// Where the answer came from.
+    pub source: Source,
+}
+
+impl Verdict {
+    fn deny(reason: Reason, source: Source) -> Self {
+        Verdict {
+            decision: Decision::Unauthenticated,
+            reason,
+            record: None,
+            source,
+        }
+    }
+}
+
+/// A request that could not be answered at all.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// The request itself is bad (oversized token, malformed scope): gRPC `INVALID_ARGUMENT`.
+    #[error("{0}")]
+    InvalidArgument(&'static str),
+    /// The store could not answer and nothing safe is cached: gRPC `UNAVAILABLE`, never 401.
+    #[error("token store unavailable")]
+    Unavailable(#[source] StoreError),
+}
+
+/// The outcome of the synchronous part of validation.
+#[derive(Debug)]
+pub enum Fast {
+    /// Answered without the store.
+    Done(Result<Verdict, ValidateError>),
+    /// Needs a store lookup for this hash.
+    Lookup(TokenHash),
+}
+
+type FlightResult = Result<Option<Arc<CachedRecord>>, StoreError>;
+
+/// One store lookup that concurrent misses for the same token share.
+struct Flight {
+    ticket: FillTicket,
+    cell: OnceCell<FlightResult>,
+}
+
+/// The validator: cache, store, clock and the `last_used_at` queue.
+pub struct Validator {
+    cache: Arc<Cache>,
+    store: Store,
+    clock: Clock,
+    inflight: DashMap<TokenHash, Arc<Flight>>,
+    touches: mpsc::Sender<(TokenHash, i64)>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Validator {
+    /// A validator over `cache` and `store`. `touches` receives `(hash, unix time)` for tokens
+    /// whose `last_used_at` should be written (see [`run_touch_flusher`]).
+    pub fn new(
+        cache: Arc<Cache>,
+        store: Store,
+        clock: Clock,
+        touches: mpsc::Sender<(TokenHash, i64)>,
+    ) -> Self {
+        Validator {
+            cache,
+            store,
+            clock,
+            inflight: DashMap::new(),
+            touches,
+        }
+    }
+
+    /// The cache, for invalidation and flushes.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Validates a request, reading the store on a cache miss.
+    ///
+    /// # Errors
+    /// [`ValidateError::InvalidArgument`] for a bad request, [`ValidateError::Unavailable`] when
+    /// the store cannot answer.
+    pub async fn validate(&self, req: Request<'_>) -> Result<Verdict, ValidateError> {
+        match self.fast(req) {
+            Fast::Done(r) => r,
+            Fast::Lookup(hash) => self.lookup(hash, req).await,
+        }
+    }
+
+    /// Everything that needs no store: request checks, format checks, cache hits.
+    pub fn fast(&self, req: Request<'_>) -> Fast {
+        if req.credential.len() > MAX_CREDENTIAL_LEN {
+            return Fast::Done(Err(ValidateError::InvalidArgument(
+                "token is longer than 4096 bytes",
+            )));
+        }
+        if req.resource.len() > MAX_RESOURCE_LEN {
+            return Fast::Done(Err(ValidateError::InvalidArgument(
+                "resource is longer than 2048 bytes",
+            )));
+        }
+        if let Err(e) = scope::check_all(req.required_scopes) {
+            return Fast::Done(Err(ValidateError::InvalidArgument(match e {
+                scope::ScopeError::TooMany => "required_scopes has more than 64 entries",
+                _ => "required_scopes holds a scope that is not an RFC 6749 scope token",
+            })));
+        }
+        let parsed = match token::strip_bearer(req.credential).and_then(token::parse) {
+            Ok(p) => p,
+            Err(m) => return Fast::Done(Ok(Verdict::deny(Reason::Malformed(m), Source::Request))),
+        };
+        if parsed.kind() == TokenKind::OAuthRefresh {
+            return Fast::Done(Ok(Verdict::deny(Reason::RefreshToken, Source::Request)));
+        }
+        let hash = parsed.hash();
+        match self.cache.get(&hash) {
+            Lookup::Hit(rec) => Fast::Done(Ok(self.decide(rec, req, Source::Cache))),
+            Lookup::Absent => Fast::Done(Ok(Verdict::deny(Reason::Unknown, Source::Cache))),
+            Lookup::Miss => Fast::Lookup(hash),
+        }
+    }
+
+    /// The store part: one coalesced lookup per token, then the same checks as a hit.
+    ///
+    /// # Errors
+    /// [`ValidateError::Unavailable`] when the store cannot answer.
+    pub async fn lookup(
+        &self,
+        hash: TokenHash,
+        req: Request<'_>,
+    ) -> Result<Verdict, ValidateError> {
+        let found = self
+            .coalesced_get(hash)
+            .await
+            .map_err(ValidateError::Unavailable)?;
+        Ok(match found {
+            Some(rec) => self.decide(rec, req, Source::Store),
+            None => Verdict::deny(Reason::Unknown, Source::Store),
+        })
+    }
+
+    async fn coalesced_get(&self, hash: TokenHash) -> FlightResult {
+        let ticket = self.cache.ticket();
+        // Join a flight only if it started after the latest invalidation, so a revocation that
+        // returned before this call can never be answered by a read from before it.
+        let flight = {
+            let mut slot = self.inflight.entry(hash).or_insert_with(|| {
+                Arc::new(Flight {
+                    ticket,
+                    cell: OnceCell::new(),
+                })
+            });
+            if slot.ticket != ticket {
+                *slot = Arc::new(Flight {
+                    ticket,
+                    cell: OnceCell::new(),
+                });
+            }
+            Arc::clone(&slot)
+        };
+        let result = flight
+            .cell
+            .get_or_init(|| async {
+                let r = self.store.get(hash).await?;
+                let found = r.map(|rec| Arc::new(CachedRecord::new(rec)));
+                // Errors are never cached; answers are, unless an invalidation landed meanwhile.
+                if !self.cache.fill(flight.ticket, hash, found.clone()) {
+                    // A revocation raced this read: read again so that it wins.
+                    return Ok(self
+                        .store
+                        .get(hash)
+                        .await?
+                        .map(|r| Arc::new(CachedRecord::new(r))));
+                }
+                Ok(found)
+            })
+            .await
+            .clone();
+        self.inflight
+            .remove_if(&hash, |_, f| Arc::ptr_eq(f, &flight));
+        result
+    }
+
+    fn decide(&self, rec: Arc<CachedRecord>, req: Request<'_>, source: Source) -> Verdict {
+        let now = self.clock.now();
+        let r = &rec.record;
+        let reason = if r.kind == TokenKind::OAuthRefresh {
+            Reason::RefreshToken
+        } else if r.is_revoked() {
+            Reason::Revoked
+        } else if r.is_expired(now) {
+            Reason::Expired
+        } else if !resource_matches(&r.resource, req.resource) {
+            Reason::WrongResource
+        } else if !r.scopes.contains_all(req.required_scopes) {
+            Reason::InsufficientScope
+        } else {
+            Reason::Ok
+        };
+        let decision = match reason {
+            Reason::Ok => {
+                if rec.claim_touch(now, TOUCH_EVERY_SECS) {
+                    // Full queue: skip this update; the next use a minute later retries.
+                    let _ = self.touches.try_send((r.hash, now));
+                }
+                Decision::Allow
+            }
+            Reason::InsufficientScope => Decision::Forbidden,
+            _ => Decision::Unauthenticated,
+        };
+        let record = matches!(decision, Decision::Allow | Decision::Forbidden).then_some(rec);
+        Verdict {
+            decision,
+            reason,
+            record,
+            source,
+        }
+    }
+}
+
+/// A token bound to a resource is valid only for that resource (trailing `/` ignored); a token
+/// bound to none is valid for any, and a request naming none checks nothing.
+fn resource_matches(bound: &str, requested: &str) -> bool {
+    bound.is_empty()
+        || requested.is_empty()
+        || bound.trim_end_matches('/') == requested.trim_end_matches('/')
+}
+
+/// Writes queued `last_used_at` updates to the store in batches, every `interval`, until `stop`
+/// turns true or the queue closes; then writes what is left and returns.
+pub async fn run_touch_flusher(
+    store: Store,
+    mut rx: mpsc::Receiver<(TokenHash, i64)>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut pending: std::collections::HashMap<TokenHash, i64> = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some((h, t)) => { pending.insert(h, t); }
+                None => break,
+            },
+            _ = tick.tick() => flush_touches(&store, &mut pending).await,
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        }
+    }
+    while let Ok((h, t)) = rx.try_recv() {
+        pending.insert(h, t);
+    }
+    flush_touches(&store, &mut pending).await;
+    tracing::debug!("last-used flusher stopped");
+}
+
+async fn flush_touches(store: &Store, pending: &mut std::collections::HashMap<TokenHash, i64>) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch: Vec<_> = pending.drain().collect();
+    let n = batch.len();
+    if let Err(e) = store.touch(batch).await {
+        // last_used_at is informational: losing one batch is better than retrying forever.
+        tracing::warn!(error = %e, tokens = n, "could not record last-used times");
+    }
+}
