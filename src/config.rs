@@ -184,6 +184,7 @@ pub struct ClientArgs {
     /// Validator address.
     #[arg(
         long,
+        global = true,
         env = "NAVIS_AUTH_ADDR",
         default_value = "http://127.0.0.1:50051"
     )]
@@ -191,18 +192,24 @@ pub struct ClientArgs {
     /// TokenAdmin address.
     #[arg(
         long,
+        global = true,
         env = "NAVIS_AUTH_ADMIN_ADDR",
         default_value = "http://127.0.0.1:50052"
     )]
     pub admin_addr: String,
     /// Admin token (prefer the file or the environment: flags show up in `ps`).
-    #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// File holding the admin token [default: <data-dir>/admin-token].
-    #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN_FILE")]
+    #[arg(long, global = true, env = "NAVIS_AUTH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// The service's data directory, where it keeps a generated admin token.
-    #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
+    #[arg(long, global = true, env = "NAVIS_AUTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 }
 

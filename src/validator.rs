@@ -336,3 +336,225 @@ async fn flush_touches(store: &Store, pending: &mut std::collections::HashMap<To
         tracing::warn!(error = %e, tokens = n, "could not record last-used times");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::TokenRecord;
+    use crate::scope::ScopeSet;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{
+        Changed, ListPage, ListQuery, RevokeTarget, SpendOutcome, StoreFuture, Successors,
+        TokenStore,
+    };
+
+    /// The real embedded store behind a switchable delay and outage, to put lookups in flight
+    /// for as long as a test needs and to see what an outage does.
+    struct Faulty {
+        inner: EmbeddedStore,
+        delay_ms: AtomicU64,
+        down: AtomicBool,
+    }
+
+    impl Faulty {
+        fn gate<'a, T: Send + 'a>(&'a self, f: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+            Box::pin(async move {
+                let d = self.delay_ms.load(Ordering::Relaxed);
+                if d > 0 {
+                    tokio::time::sleep(Duration::from_millis(d)).await;
+                }
+                if self.down.load(Ordering::Relaxed) {
+                    return Err(StoreError::unavailable("store is down (test)"));
+                }
+                f.await
+            })
+        }
+    }
+
+    impl TokenStore for Faulty {
+        fn get(&self, h: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
+            self.gate(self.inner.get(h))
+        }
+        fn get_by_id(&self, id: String) -> StoreFuture<'_, Option<TokenRecord>> {
+            self.inner.get_by_id(id)
+        }
+        fn insert(&self, r: Vec<TokenRecord>) -> StoreFuture<'_, ()> {
+            self.inner.insert(r)
+        }
+        fn rotate(
+            &self,
+            a: String,
+            b: i64,
+            c: TokenRecord,
+            d: i64,
+        ) -> StoreFuture<'_, Option<TokenRecord>> {
+            self.inner.rotate(a, b, c, d)
+        }
+        fn spend_refresh(
+            &self,
+            h: TokenHash,
+            n: i64,
+            s: Successors,
+        ) -> StoreFuture<'_, SpendOutcome> {
+            self.inner.spend_refresh(h, n, s)
+        }
+        fn revoke(&self, t: RevokeTarget, n: i64) -> StoreFuture<'_, Vec<Changed>> {
+            self.inner.revoke(t, n)
+        }
+        fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage> {
+            self.inner.list(q)
+        }
+        fn touch(&self, u: Vec<(TokenHash, i64)>) -> StoreFuture<'_, ()> {
+            self.inner.touch(u)
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            self.inner.ping()
+        }
+    }
+
+    struct Rig {
+        v: Arc<Validator>,
+        faulty: Arc<Faulty>,
+        store: Store,
+        clock: Clock,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Arc::new(Faulty {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            delay_ms: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        });
+        let store = Store::new(faulty.clone());
+        let clock = Clock::manual(1_000_000);
+        let (tx, _rx) = mpsc::channel(16);
+        let cache = Arc::new(Cache::new(1000, Duration::from_secs(5)));
+        let v = Arc::new(Validator::new(cache, store.clone(), clock.clone(), tx));
+        Rig {
+            v,
+            faulty,
+            store,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn key(r: &Rig, expires_at: i64) -> String {
+        let secret = token::generate(TokenKind::ApiKey).unwrap();
+        r.store
+            .insert(vec![TokenRecord {
+                hash: secret.hash(),
+                token_id: token::random_id("tok_", 20).unwrap(),
+                kind: TokenKind::ApiKey,
+                subject: "alice".into(),
+                scopes: ScopeSet::parse(&["mcp:read"]).unwrap(),
+                client_id: String::new(),
+                grant_id: String::new(),
+                name: String::new(),
+                resource: String::new(),
+                created_at: r.clock.now(),
+                expires_at,
+                last_used_at: 0,
+                revoked_at: 0,
+                spent_at: 0,
+            }])
+            .await
+            .unwrap();
+        secret.into_exposed()
+    }
+
+    fn ask(t: &str) -> Request<'_> {
+        Request {
+            credential: t.as_bytes(),
+            required_scopes: &[],
+            resource: "",
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_store_lookup() {
+        let r = rig();
+        let t = key(&r, 0).await;
+        r.faulty.delay_ms.store(100, Ordering::Relaxed);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (v, t) = (Arc::clone(&r.v), t.clone());
+            tasks.spawn(async move { v.validate(ask(&t)).await.unwrap().decision });
+        }
+        while let Some(d) = tasks.join_next().await {
+            assert_eq!(d.unwrap(), Decision::Allow);
+        }
+        assert_eq!(r.store.calls().gets(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_during_a_fill_wins() {
+        let r = rig();
+        let t = key(&r, 0).await;
+        r.faulty.delay_ms.store(150, Ordering::Relaxed);
+        let (v, t2) = (Arc::clone(&r.v), t.clone());
+        let fill = tokio::spawn(async move { v.validate(ask(&t2)).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The lookup is in flight: revoke in the store and invalidate, as the admin path does.
+        let changed = r
+            .store
+            .revoke(RevokeTarget::Token(TokenHash::of(&t)), r.clock.now())
+            .await
+            .unwrap();
+        r.v.cache().invalidate(changed.iter().map(|c| c.hash));
+        let first = fill.await.unwrap();
+        assert_eq!(
+            first.decision,
+            Decision::Unauthenticated,
+            "re-read after the race"
+        );
+        r.faulty.delay_ms.store(0, Ordering::Relaxed);
+        let again = r.v.validate(ask(&t)).await.unwrap();
+        assert_eq!(again.reason, Reason::Revoked);
+    }
+
+    #[tokio::test]
+    async fn expiry_is_checked_on_every_cache_hit() {
+        let r = rig();
+        let now = r.clock.now();
+        let t = key(&r, now + 10).await;
+        assert_eq!(r.v.validate(ask(&t)).await.unwrap().source, Source::Store);
+        let hit = r.v.validate(ask(&t)).await.unwrap();
+        assert_eq!((hit.decision, hit.source), (Decision::Allow, Source::Cache));
+        r.clock.advance(10);
+        let late = r.v.validate(ask(&t)).await.unwrap();
+        assert_eq!((late.reason, late.source), (Reason::Expired, Source::Cache));
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_unavailable_never_unauthenticated_and_never_cached() {
+        let r = rig();
+        let t = key(&r, 0).await;
+        let unknown = token::generate(TokenKind::ApiKey).unwrap().into_exposed();
+        r.faulty.down.store(true, Ordering::Relaxed);
+        for tok in [&t, &unknown] {
+            let e = r.v.validate(ask(tok)).await.unwrap_err();
+            assert!(matches!(e, ValidateError::Unavailable(_)), "{e:?}");
+        }
+        r.faulty.down.store(false, Ordering::Relaxed);
+        assert_eq!(
+            r.v.validate(ask(&t)).await.unwrap().decision,
+            Decision::Allow
+        );
+        assert_eq!(
+            r.v.validate(ask(&unknown)).await.unwrap().reason,
+            Reason::Unknown
+        );
+        // Cached answers keep working through an outage.
+        r.faulty.down.store(true, Ordering::Relaxed);
+        assert_eq!(
+            r.v.validate(ask(&t)).await.unwrap().decision,
+            Decision::Allow
+        );
+    }
+}

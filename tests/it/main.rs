@@ -1,1 +1,9 @@
-//! Integration tests.
+//! Integration tests: a real server on the embedded store, real gRPC over 127.0.0.1:0, the real
+//! CLI binary. One binary, a module per concern.
+
+mod admin;
+mod bad_input;
+mod cli;
+mod helpers;
+mod lifecycle;
+mod validate;
