@@ -246,7 +246,8 @@ pub struct ServeArgs {
     /// [default: $XDG_DATA_HOME/navis-auth or ~/.local/share/navis-auth].
     #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Token store: `embedded` (in the data directory) or `embedded:PATH` (a directory).
+    /// Token store: `embedded` (in the data directory), `embedded:PATH` (a directory), or
+    /// `redis://host:port/db` (shared by every replica).
     #[arg(long, env = "NAVIS_AUTH_STORE", default_value = "embedded", value_parser = parse_store)]
     pub store: StoreSpec,
     /// File holding the admin token; generated (mode 0600) when missing
@@ -269,6 +270,20 @@ pub struct ServeArgs {
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "NAVIS_AUTH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Prefix of every Redis key (several deployments can share one Redis).
+    #[arg(long, env = "NAVIS_AUTH_REDIS_PREFIX", default_value = "navis-auth:", value_parser = parse_prefix)]
+    pub redis_prefix: String,
+    /// Connect and response timeout of each Redis call.
+    #[arg(long, env = "NAVIS_AUTH_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
+    pub redis_timeout: Duration,
+    /// A replica answers from its cache only while its last confirmed catch-up with the
+    /// revocation stream is younger than this; past it every lookup goes to the store.
+    #[arg(long, env = "NAVIS_AUTH_REVOCATION_LEASE", default_value = "5s", value_parser = parse_lease)]
+    pub revocation_lease: Duration,
+    /// How long revocation stream entries are kept (at least the longest token lifetime you
+    /// issue; a replica disconnected for longer flushes its cache instead of replaying).
+    #[arg(long, env = "NAVIS_AUTH_REVOCATION_RETENTION", default_value = "30d", value_parser = parse_nonzero_duration)]
+    pub revocation_retention: Duration,
     /// Log filter (`info`, `debug`, `navis_auth=debug,tonic=info`, …).
     #[arg(long, env = "NAVIS_AUTH_LOG", default_value = "info")]
     pub log: String,
@@ -279,6 +294,17 @@ pub struct ServeArgs {
 pub enum StoreSpec {
     /// The embedded store, in the data directory or the given one.
     Embedded(Option<PathBuf>),
+    /// Redis, at this URL.
+    Redis(String),
+}
+
+/// Where the records live, resolved.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded store in this directory.
+    Embedded(PathBuf),
+    /// Redis.
+    Redis(crate::store::redis::RedisConfig),
 }
 
 /// The typed configuration of a server.
@@ -292,8 +318,10 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Local state directory.
     pub data_dir: PathBuf,
-    /// The embedded store's directory.
-    pub store_dir: PathBuf,
+    /// The store.
+    pub store: StoreConfig,
+    /// The revocation lease (G2).
+    pub revocation_lease: Duration,
     /// The admin token file.
     pub admin_token_file: PathBuf,
     /// Challenge builder (with the resource metadata URL).
@@ -330,9 +358,15 @@ impl Config {
 impl From<ServeArgs> for Config {
     fn from(a: ServeArgs) -> Config {
         let data_dir = a.data_dir.unwrap_or_else(default_data_dir);
-        let store_dir = match a.store {
-            StoreSpec::Embedded(Some(p)) => p,
-            StoreSpec::Embedded(None) => data_dir.clone(),
+        let store = match a.store {
+            StoreSpec::Embedded(Some(p)) => StoreConfig::Embedded(p),
+            StoreSpec::Embedded(None) => StoreConfig::Embedded(data_dir.clone()),
+            StoreSpec::Redis(url) => StoreConfig::Redis(crate::store::redis::RedisConfig {
+                url,
+                prefix: a.redis_prefix,
+                timeout: a.redis_timeout,
+                retention: a.revocation_retention,
+            }),
         };
         let admin_token_file = a
             .admin_token_file
@@ -343,7 +377,8 @@ impl From<ServeArgs> for Config {
             http_listen: a.http_listen,
             challenges: Challenges::new(a.resource_metadata_url).unwrap_or_default(),
             data_dir,
-            store_dir,
+            store,
+            revocation_lease: a.revocation_lease,
             admin_token_file,
             cache_capacity: usize::try_from(a.cache_capacity).unwrap_or(usize::MAX),
             negative_ttl: a.negative_ttl,
@@ -370,10 +405,28 @@ fn parse_store(s: &str) -> Result<StoreSpec, String> {
         None if s == "embedded" => Ok(StoreSpec::Embedded(None)),
         Some(("embedded", "")) => Err("embedded:PATH needs a directory".into()),
         Some(("embedded", p)) => Ok(StoreSpec::Embedded(Some(PathBuf::from(p)))),
-        Some(("redis" | "rediss", _)) => Err(
-            "the Redis store is not in this build yet; use `embedded` or `embedded:PATH`".into(),
+        Some(("redis", _)) => {
+            redis::Client::open(s).map_err(|e| format!("not a usable Redis URL: {e}"))?;
+            Ok(StoreSpec::Redis(s.to_owned()))
+        }
+        Some(("rediss", _)) => Err(
+            "rediss:// (TLS to Redis) is not supported by this build; use redis:// on a private network or a TLS sidecar".into(),
         ),
-        _ => Err("expected `embedded` or `embedded:PATH`".into()),
+        _ => Err("expected `embedded`, `embedded:PATH` or `redis://host:port/db`".into()),
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.len() > 64 || s.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err("use at most 64 printable characters without spaces".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_millis(200) => Err("must be at least 200ms".into()),
+        d => Ok(d),
     }
 }
 
@@ -422,7 +475,10 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:50052");
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:9090");
-        assert_eq!(c.store_dir, PathBuf::from("/tmp/x"));
+        assert!(matches!(c.store, StoreConfig::Embedded(ref p) if p == &PathBuf::from("/tmp/x")));
+        let r = Config::try_parse_from(["serve", "--store", "redis://127.0.0.1:7000/2"]).unwrap();
+        assert!(matches!(r.store, StoreConfig::Redis(ref c) if c.prefix == "navis-auth:"));
+        assert!(Config::try_parse_from(["serve", "--store", "rediss://x:1"]).is_err());
         assert_eq!(c.admin_token_file, PathBuf::from("/tmp/x/admin-token"));
     }
 

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use crate::revocation::Lease;
 use crate::store::Store;
 
 /// How long `/readyz` waits for the store.
@@ -20,14 +21,16 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Readiness {
     ready: AtomicBool,
     store: Store,
+    lease: Lease,
 }
 
 impl Readiness {
     /// Not ready until [`Readiness::set_ready`] is called.
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, lease: Lease) -> Self {
         Readiness {
             ready: AtomicBool::new(false),
             store,
+            lease,
         }
     }
 
@@ -42,9 +45,13 @@ impl Readiness {
             return Err("not ready: starting or shutting down");
         }
         match tokio::time::timeout(STORE_PING_TIMEOUT, self.store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err("not ready: token store unreachable"),
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err("not ready: token store unreachable"),
         }
+        if !self.lease.fresh() {
+            return Err("not ready: revocation feed not caught up");
+        }
+        Ok(())
     }
 }
 

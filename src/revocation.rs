@@ -1,11 +1,37 @@
-//! Revocation fan-out: every change that must stop a token (revocation, rotation, refresh reuse)
-//! goes through [`Revocations::publish`], which drops the tokens from this replica's cache and,
-//! with a shared store, tells every other replica.
+//! Revocation fan-out and the lease (DESIGN.md §3, G1–G2).
+//!
+//! Every change that must stop a token (revocation, rotation, refresh reuse) is committed by the
+//! store, then [`Revocations::publish`] drops it from this replica's cache at once. With Redis, the
+//! store's script has also appended the change to the revocation stream and published it on the
+//! channel; every other replica runs a [`RedisFeed`]:
+//!
+//! - a RESP3 push subscriber applies channel messages at once (the fast path);
+//! - a tail reads the stream from its last id with blocking `XREAD` on a dedicated connection, so
+//!   a missed message is replayed (the stream is the truth). Each completed read confirms the
+//!   replica is caught up as of the moment the read was issued (monotonic clock);
+//! - on every (re)connect it compares the epoch value and the stream's bounds with what it saw
+//!   before, and flushes the whole cache (a generation bump) when the stream no longer covers the
+//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced.
+//!
+//! The [`Lease`]: the validator answers from its cache only while the last confirmation is younger
+//! than `--revocation-lease`; past it every lookup goes to the store (G2).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncTypedCommands as _;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
+use tokio::sync::{mpsc, watch};
 
 use crate::cache::Cache;
 use crate::store::Changed;
+use crate::store::redis::hex_hash;
+use crate::token::TokenHash;
 
 /// How much one revocation covers (a metric label and a log field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +47,7 @@ pub enum Granularity {
 }
 
 impl Granularity {
-    /// Stable name for logs and metric labels.
+    /// Stable name for logs, metric labels and stream entries.
     pub const fn as_str(self) -> &'static str {
         match self {
             Granularity::Token => "token",
@@ -32,20 +58,20 @@ impl Granularity {
     }
 }
 
-/// Publishes invalidations. With the embedded store the feed is in-process: the only replica is
-/// this one.
+/// Applies committed changes to this replica's cache.
 #[derive(Clone, Debug)]
 pub struct Revocations {
     cache: Arc<Cache>,
 }
 
 impl Revocations {
-    /// A feed that applies to `cache`.
+    /// A publisher for `cache`.
     pub fn new(cache: Arc<Cache>) -> Self {
         Revocations { cache }
     }
 
-    /// Applies a change that the store has already committed.
+    /// Drops the changed tokens from this replica's cache. (The store has already told the
+    /// other replicas, in the same transaction as the change.)
     pub fn publish(&self, granularity: Granularity, changed: &[Changed]) {
         if changed.is_empty() {
             return;
@@ -54,5 +80,481 @@ impl Revocations {
         for c in changed {
             tracing::info!(token_id = %c.token_id, granularity = granularity.as_str(), "token invalidated");
         }
+    }
+}
+
+const NEVER: u64 = u64::MAX;
+
+/// What the feed knows about being caught up; read on the hot path through [`Lease`].
+#[derive(Debug)]
+pub struct FeedState {
+    origin: Instant,
+    lease_nanos: u64,
+    /// Issue time (nanos since `origin`) of the last completed stream read.
+    confirmed: AtomicU64,
+    connected: AtomicBool,
+    applied: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl FeedState {
+    /// A feed that has not confirmed anything yet.
+    pub fn new(lease: Duration) -> Self {
+        FeedState {
+            origin: Instant::now(),
+            lease_nanos: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
+            confirmed: AtomicU64::new(NEVER),
+            connected: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(NEVER - 1)
+    }
+
+    /// Records a completed read issued at `issued`.
+    fn confirm(&self, issued: Instant) {
+        let t = self.nanos(issued);
+        // NEVER is the largest value, so the first confirmation replaces it; later ones only
+        // move forward (a slow read issued earlier never pulls the confirmation back).
+        if self
+            .confirmed
+            .compare_exchange(NEVER, t, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.confirmed.fetch_max(t, Ordering::AcqRel);
+        }
+    }
+
+    /// How long ago the last confirmed catch-up was issued; `None` before the first.
+    pub fn lease_age(&self) -> Option<Duration> {
+        match self.confirmed.load(Ordering::Acquire) {
+            NEVER => None,
+            c => Some(Duration::from_nanos(
+                self.nanos(Instant::now()).saturating_sub(c),
+            )),
+        }
+    }
+
+    /// Whether the cache may answer.
+    pub fn fresh(&self) -> bool {
+        match self.confirmed.load(Ordering::Acquire) {
+            NEVER => false,
+            c => self.nanos(Instant::now()).saturating_sub(c) < self.lease_nanos,
+        }
+    }
+
+    /// Whether the stream tail is connected.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Revocation events applied (both paths count; an event seen twice counts twice).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Whole-cache flushes because the stream did not cover a gap.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether the validator may answer from its cache.
+#[derive(Clone, Debug)]
+pub enum Lease {
+    /// One process, in-process feed: the cache is always current.
+    Always,
+    /// A shared store: only while the feed's last catch-up is younger than the lease.
+    Feed(Arc<FeedState>),
+}
+
+impl Lease {
+    /// Whether the cache may answer now.
+    #[inline]
+    pub fn fresh(&self) -> bool {
+        match self {
+            Lease::Always => true,
+            Lease::Feed(s) => s.fresh(),
+        }
+    }
+}
+
+/// The Redis revocation feed of one replica.
+#[derive(Clone)]
+pub struct RedisFeed {
+    client: redis::Client,
+    stream: String,
+    epoch_key: String,
+    cache: Arc<Cache>,
+    state: Arc<FeedState>,
+    timeout: Duration,
+    block: Duration,
+}
+
+impl std::fmt::Debug for RedisFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisFeed")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an event reached this replica.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    PubSub,
+    Stream,
+}
+
+/// A stream id `ms-seq`, ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamPos(u64, u64);
+
+impl StreamPos {
+    const ZERO: StreamPos = StreamPos(0, 0);
+
+    fn parse(s: &str) -> Option<Self> {
+        let (a, b) = s.split_once('-')?;
+        Some(StreamPos(a.parse().ok()?, b.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+impl RedisFeed {
+    /// A feed for the store at `url` with key prefix `prefix`, applying to `cache`.
+    ///
+    /// # Errors
+    /// When the URL is not usable.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        cache: Arc<Cache>,
+        lease: Duration,
+        timeout: Duration,
+    ) -> Result<Self, crate::store::redis::BadRedisUrl> {
+        let bad = |e: redis::RedisError| crate::store::redis::BadRedisUrl(e.to_string());
+        let info = url.into_connection_info().map_err(bad)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad)?;
+        // Blocking reads return at least every second, well inside any sensible lease.
+        let block = Duration::from_millis(1000)
+            .min(lease / 4)
+            .max(Duration::from_millis(50));
+        Ok(RedisFeed {
+            client,
+            stream: format!("{prefix}revocations"),
+            epoch_key: format!("{prefix}epoch"),
+            cache,
+            state: Arc::new(FeedState::new(lease)),
+            timeout,
+            block,
+        })
+    }
+
+    /// The state the validator's lease reads.
+    pub fn state(&self) -> Arc<FeedState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Runs the subscriber and the stream tail until `stop` turns true.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let sub = tokio::spawn(self.clone().subscriber(stop.clone()));
+        self.tail(stop).await;
+        let _ = sub.await;
+        tracing::info!("revocation feed stopped");
+    }
+
+    fn flush(&self, why: &str) {
+        self.cache.flush();
+        self.state.flushes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            reason = why,
+            "revocation stream does not cover the gap: cache flushed"
+        );
+    }
+
+    fn apply(&self, granularity: &str, at_ms: u64, hashes: &str, path: Path) {
+        let hashes: Vec<TokenHash> = hashes.split(',').filter_map(hex_hash).collect();
+        if hashes.is_empty() {
+            return;
+        }
+        self.cache.invalidate(hashes.iter().copied());
+        self.state.applied.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            granularity,
+            tokens = hashes.len(),
+            lag_ms = unix_ms().saturating_sub(at_ms),
+            path = ?path,
+            "revocation applied"
+        );
+    }
+
+    async fn connect(
+        &self,
+        push: Option<mpsc::UnboundedSender<PushInfo>>,
+        response: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let mut cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(response));
+        if let Some(tx) = push {
+            cfg = cfg.set_push_sender(tx);
+        }
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+    }
+
+    async fn tail(&self, mut stop: watch::Receiver<bool>) {
+        let mut epoch: Option<String> = None;
+        let mut last: Option<StreamPos> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut failing = false;
+        loop {
+            match self.tail_session(&mut epoch, &mut last, &mut stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.state.connected.store(false, Ordering::Release);
+                    if !failing {
+                        tracing::warn!(error = %e, "revocation stream unreachable; retrying (cache answers stop when the lease runs out)");
+                        failing = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            if self.state.connected() {
+                backoff = Duration::from_millis(50);
+                failing = false;
+            }
+        }
+    }
+
+    /// One connection's life: check the gap, then read until an error or `stop`.
+    async fn tail_session(
+        &self,
+        epoch: &mut Option<String>,
+        last: &mut Option<StreamPos>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.connect(None, self.block + self.timeout).await?;
+        self.check_gap(&mut conn, epoch, last).await?;
+        self.state.connected.store(true, Ordering::Release);
+        tracing::info!(from = %last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
+        let mut blocking = false;
+        loop {
+            let from = last.unwrap_or(StreamPos::ZERO).to_string();
+            let mut opts = StreamReadOptions::default().count(1000);
+            if blocking {
+                opts = opts.block(usize::try_from(self.block.as_millis()).unwrap_or(1000));
+            }
+            let issued = Instant::now();
+            let (keys, ids) = ([self.stream.as_str()], [from.as_str()]);
+            let read = conn.xread_options(&keys, &ids, &opts);
+            let reply: Option<StreamReadReply> = tokio::select! {
+                r = read => r?,
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
+            };
+            let n = reply
+                .as_ref()
+                .map_or(0, |r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>());
+            if let Some(reply) = reply {
+                for key in reply.keys {
+                    for entry in key.ids {
+                        let g: String = entry.get("g").unwrap_or_default();
+                        let at: u64 = entry.get("at").unwrap_or_default();
+                        let h: String = entry.get("h").unwrap_or_default();
+                        self.apply(&g, at, &h, Path::Stream);
+                        if let Some(pos) = StreamPos::parse(&entry.id) {
+                            *last = Some(pos);
+                        }
+                    }
+                }
+            }
+            // Everything in the stream when this read was issued has now been applied.
+            self.state.confirm(issued);
+            // A full batch may have more behind it: read again at once.
+            blocking = n < 1000;
+        }
+    }
+
+    /// Compares the epoch and the stream's bounds with what this replica saw before, flushing
+    /// when the stream cannot replay what was missed; sets the position to read from.
+    async fn check_gap(
+        &self,
+        conn: &mut MultiplexedConnection,
+        epoch: &mut Option<String>,
+        last: &mut Option<StreamPos>,
+    ) -> redis::RedisResult<()> {
+        let candidate = crate::token::random_id("", 24).unwrap_or_else(|_| unix_ms().to_string());
+        let _: Value = redis::cmd("SET")
+            .arg(&self.epoch_key)
+            .arg(&candidate)
+            .arg("NX")
+            .query_async(conn)
+            .await?;
+        let now_epoch: Option<String> = redis::cmd("GET")
+            .arg(&self.epoch_key)
+            .query_async(conn)
+            .await?;
+        let first: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        let first = first.ids.first().and_then(|e| StreamPos::parse(&e.id));
+        let generated = self.last_generated(conn).await?;
+        let epoch_changed = matches!((&*epoch, &now_epoch), (Some(a), Some(b)) if a != b);
+        *epoch = now_epoch;
+        match *last {
+            None => {
+                // First connection: the cache is empty, nothing to replay.
+                *last = Some(generated.unwrap_or(StreamPos::ZERO));
+            }
+            Some(pos) => {
+                if epoch_changed {
+                    self.flush("epoch changed: redis lost its data or was replaced");
+                    *last = Some(generated.unwrap_or(StreamPos::ZERO));
+                } else if generated.is_none_or(|g| g < pos) {
+                    self.flush("stream is behind this replica: replaced or failed over");
+                    *last = Some(generated.unwrap_or(StreamPos::ZERO));
+                } else if generated.is_some_and(|g| g > pos) && first.is_none_or(|f| f > pos) {
+                    // Entries after our position existed and the oldest left is newer than it:
+                    // some of what we missed may be gone.
+                    self.flush("stream trimmed past this replica's position");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn last_generated(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<Option<StreamPos>> {
+        let info: redis::RedisResult<redis::streams::StreamInfoStreamReply> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await;
+        match info {
+            Ok(i) => Ok(StreamPos::parse(&i.last_generated_id)),
+            // No stream yet.
+            Err(e) if e.code().is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn subscriber(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.sub_session(&mut stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "revocation channel disconnected; resubscribing")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn sub_session(&self, stop: &mut watch::Receiver<bool>) -> redis::RedisResult<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut conn = self.connect(Some(tx), self.timeout).await?;
+        conn.subscribe(&self.stream).await?;
+        let mut ping = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(PushInfo { kind: PushKind::Message, data }) => {
+                        if let Some(Value::BulkString(payload)) = data.get(1) {
+                            self.apply_payload(payload);
+                        }
+                    }
+                    Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => {
+                        return Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "subscriber disconnected",
+                        )));
+                    }
+                    Some(_) => {}
+                },
+                _ = ping.tick() => {
+                    // Finds half-open connections that would never deliver a Disconnection.
+                    let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
+                }
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
+            }
+        }
+    }
+
+    /// `<stream id> <granularity> <unix ms> <hex,hex,…>`
+    fn apply_payload(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut parts = text.split(' ');
+        let (Some(_id), Some(g), Some(at), Some(h)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        self.apply(g, at.parse().unwrap_or(0), h, Path::PubSub);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_positions_order_numerically() {
+        let a = StreamPos::parse("9-5").unwrap();
+        let b = StreamPos::parse("10-0").unwrap();
+        assert!(a < b);
+        assert_eq!(b.to_string(), "10-0");
+        assert!(StreamPos::parse("x").is_none());
+    }
+
+    #[test]
+    fn lease_follows_confirmations() {
+        let s = FeedState::new(Duration::from_millis(50));
+        assert!(!s.fresh(), "not fresh before the first catch-up");
+        s.confirm(Instant::now());
+        assert!(s.fresh());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!s.fresh(), "stale once the lease runs out");
+        // A read issued long ago confirms only up to its issue time.
+        s.confirm(Instant::now() - Duration::from_millis(100));
+        assert!(!s.fresh());
+        s.confirm(Instant::now());
+        assert!(s.fresh());
     }
 }

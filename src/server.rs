@@ -16,14 +16,15 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::admin::TokenService;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::grpc::AdminAuth;
 use crate::grpc::admin::AdminService;
 use crate::grpc::validator::ValidatorService;
 use crate::http::{self, Readiness};
 use crate::pb;
-use crate::revocation::Revocations;
+use crate::revocation::{FeedState, Lease, RedisFeed, Revocations};
 use crate::store::embedded::{EmbeddedStore, OpenError};
+use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreCalls};
 use crate::token;
 use crate::validator::{Validator, run_touch_flusher};
@@ -44,6 +45,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("--store: {0}")]
     Store(#[from] OpenError),
+    /// The Redis URL could not be used.
+    #[error("--store: {0}")]
+    Redis(String),
     /// The admin token file could not be read or written.
     #[error("--admin-token-file {path}: {reason}")]
     AdminToken {
@@ -107,6 +111,9 @@ pub struct App {
     tokens: TokenService,
     admin_auth: AdminAuth,
     touch_rx: mpsc::Receiver<(token::TokenHash, i64)>,
+    feed: Option<RedisFeed>,
+    lease: Lease,
+    keepalive: Option<RedisStore>,
 }
 
 impl std::fmt::Debug for App {
@@ -135,11 +142,32 @@ impl App {
     /// # Errors
     /// When the store or admin token cannot be set up.
     pub async fn build(config: Config) -> Result<App, ServerError> {
-        let embedded = EmbeddedStore::open(&config.store_dir)?;
-        tracing::info!(path = %embedded.path().display(), "embedded store open");
-        let store = Store::new(Arc::new(embedded));
-        let admin_token = load_or_create_admin_token(&config.admin_token_file)?;
         let cache = Arc::new(Cache::new(config.cache_capacity, config.negative_ttl));
+        let (store, feed, keepalive) = match &config.store {
+            StoreConfig::Embedded(dir) => {
+                let embedded = EmbeddedStore::open(dir)?;
+                tracing::info!(path = %embedded.path().display(), "embedded store open");
+                (Store::new(Arc::new(embedded)), None, None)
+            }
+            StoreConfig::Redis(rc) => {
+                let bad = |e: crate::store::redis::BadRedisUrl| ServerError::Redis(e.0);
+                let redis = RedisStore::new(rc).map_err(bad)?;
+                let feed = RedisFeed::new(
+                    &rc.url,
+                    &rc.prefix,
+                    Arc::clone(&cache),
+                    config.revocation_lease,
+                    rc.timeout,
+                )
+                .map_err(bad)?;
+                tracing::info!(prefix = %rc.prefix, lease = ?config.revocation_lease, "redis store configured");
+                (Store::new(Arc::new(redis.clone())), Some(feed), Some(redis))
+            }
+        };
+        let lease = feed
+            .as_ref()
+            .map_or(Lease::Always, |f| Lease::Feed(f.state()));
+        let admin_token = load_or_create_admin_token(&config.admin_token_file)?;
         let clock = Clock::System;
         let (touch_tx, touch_rx) = mpsc::channel(65_536);
         let validator = Arc::new(Validator::new(
@@ -147,9 +175,13 @@ impl App {
             store.clone(),
             clock.clone(),
             touch_tx,
+            lease.clone(),
         ));
         let tokens = TokenService::new(store.clone(), Revocations::new(Arc::clone(&cache)), clock);
         Ok(App {
+            keepalive,
+            feed,
+            lease,
             admin_auth: AdminAuth::new(&admin_token),
             config,
             store,
@@ -170,6 +202,11 @@ impl App {
         Arc::clone(&self.cache)
     }
 
+    /// The revocation feed's state, with a shared store.
+    pub fn feed_state(&self) -> Option<Arc<FeedState>> {
+        self.feed.as_ref().map(RedisFeed::state)
+    }
+
     /// Serves on `listeners` until `shutdown` resolves, then drains.
     ///
     /// # Errors
@@ -187,9 +224,13 @@ impl App {
             tokens,
             admin_auth,
             touch_rx,
+            feed,
+            lease,
+            keepalive,
         } = self;
         let (grpc_addr, admin_addr, http_addr) = listeners.addrs();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx_feed = stop_rx.clone();
         let stopped = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -232,7 +273,9 @@ impl App {
             .add_service(reflection()?)
             .add_service(AdminService::new(tokens).into_server(admin_auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.admin), stopped());
-        let readiness = Arc::new(Readiness::new(store.clone()));
+        let readiness = Arc::new(Readiness::new(store.clone(), lease));
+        let feed = feed.map(|f| tokio::spawn(f.run(stop_rx_feed.clone())));
+        let keepalive = keepalive.map(|r| tokio::spawn(r.keepalive(stop_rx_feed.clone())));
         let http = axum::serve(listeners.http, http::router(Arc::clone(&readiness)))
             .with_graceful_shutdown(stopped());
 
@@ -278,6 +321,9 @@ impl App {
         }
         let _ = flusher_stop_tx.send(true);
         let _ = flusher.await;
+        for task in feed.into_iter().chain(keepalive) {
+            let _ = tokio::time::timeout(config.shutdown_grace, task).await;
+        }
         tracing::info!("navis-auth stopped");
         match early {
             Some((listener, Ok(Err(reason)))) => Err(ServerError::Serve { listener, reason }),
@@ -348,10 +394,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "admin token file is readable by group or others; chmod 600 it");
-        }
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "admin token file is readable by group or others; chmod 600 it");
     }
 }
 

@@ -6,6 +6,7 @@
 //! grant and subject revocation) is one store call, so each store can make it one transaction.
 
 pub mod embedded;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;

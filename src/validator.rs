@@ -10,6 +10,7 @@ use tokio::sync::{OnceCell, mpsc};
 use crate::cache::{Cache, CachedRecord, FillTicket, Lookup};
 use crate::challenge::Reason;
 use crate::clock::Clock;
+use crate::revocation::Lease;
 use crate::scope;
 use crate::store::{Store, StoreError};
 use crate::token::{self, TokenHash, TokenKind};
@@ -113,6 +114,7 @@ pub struct Validator {
     clock: Clock,
     inflight: DashMap<TokenHash, Arc<Flight>>,
     touches: mpsc::Sender<(TokenHash, i64)>,
+    lease: Lease,
 }
 
 impl std::fmt::Debug for Validator {
@@ -131,6 +133,7 @@ impl Validator {
         store: Store,
         clock: Clock,
         touches: mpsc::Sender<(TokenHash, i64)>,
+        lease: Lease,
     ) -> Self {
         Validator {
             cache,
@@ -138,6 +141,7 @@ impl Validator {
             clock,
             inflight: DashMap::new(),
             touches,
+            lease,
         }
     }
 
@@ -184,6 +188,10 @@ impl Validator {
             return Fast::Done(Ok(Verdict::deny(Reason::RefreshToken, Source::Request)));
         }
         let hash = parsed.hash();
+        // Past the lease this replica cannot vouch for its cache: ask the store (G2).
+        if !self.lease.fresh() {
+            return Fast::Lookup(hash);
+        }
         match self.cache.get(&hash) {
             Lookup::Hit(rec) => Fast::Done(Ok(self.decide(rec, req, Source::Cache))),
             Lookup::Absent => Fast::Done(Ok(Verdict::deny(Reason::Unknown, Source::Cache))),
@@ -434,7 +442,13 @@ mod tests {
         let clock = Clock::manual(1_000_000);
         let (tx, _rx) = mpsc::channel(16);
         let cache = Arc::new(Cache::new(1000, Duration::from_secs(5)));
-        let v = Arc::new(Validator::new(cache, store.clone(), clock.clone(), tx));
+        let v = Arc::new(Validator::new(
+            cache,
+            store.clone(),
+            clock.clone(),
+            tx,
+            Lease::Always,
+        ));
         Rig {
             v,
             faulty,

@@ -239,15 +239,16 @@ impl<'tx> Tables<'tx> {
     fn revoke_ids(&mut self, ids: &[String], now: i64) -> Result<Vec<Changed>, StoreError> {
         let mut changed = Vec::new();
         for id in ids {
-            if let Some(mut r) = self.get_by_id(id)? {
-                if !r.is_revoked() && !r.is_expired(now) {
-                    r.revoked_at = now;
-                    self.put(&r)?;
-                    changed.push(Changed {
-                        hash: r.hash,
-                        token_id: r.token_id,
-                    });
-                }
+            if let Some(mut r) = self.get_by_id(id)?
+                && !r.is_revoked()
+                && !r.is_expired(now)
+            {
+                r.revoked_at = now;
+                self.put(&r)?;
+                changed.push(Changed {
+                    hash: r.hash,
+                    token_id: r.token_id,
+                });
             }
         }
         Ok(changed)
@@ -429,11 +430,11 @@ impl TokenStore for EmbeddedStore {
     fn touch(&self, used: Vec<(TokenHash, i64)>) -> StoreFuture<'_, ()> {
         self.write(move |t| {
             for (hash, at) in used {
-                if let Some(mut r) = t.get(&hash)? {
-                    if at > r.last_used_at {
-                        r.last_used_at = at;
-                        t.put(&r)?;
-                    }
+                if let Some(mut r) = t.get(&hash)?
+                    && at > r.last_used_at
+                {
+                    r.last_used_at = at;
+                    t.put(&r)?;
                 }
             }
             Ok(())

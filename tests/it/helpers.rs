@@ -27,6 +27,7 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     pub admin_token: String,
     pub calls: Arc<StoreCalls>,
+    pub feed: Option<Arc<navis_auth::revocation::FeedState>>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServerError>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -85,6 +86,7 @@ impl TestServer {
         let admin_token_file = config.admin_token_file.clone();
         let app = App::build(config).await.expect("build");
         let calls = app.store_calls();
+        let feed = app.feed_state();
         let admin_token = std::fs::read_to_string(admin_token_file)
             .expect("admin token file")
             .trim()
@@ -100,6 +102,7 @@ impl TestServer {
             data_dir: dir.to_owned(),
             admin_token,
             calls,
+            feed,
             stop: Some(tx),
             handle: Some(handle),
             _tmp: None,
@@ -187,6 +190,15 @@ impl TestServer {
             .await
             .expect("issue")
             .into_inner()
+    }
+
+    /// Waits until `/readyz` says ready (with Redis: the feed has caught up).
+    pub async fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(10), || async {
+            self.http_get("/readyz").await.0 == 200
+        })
+        .await;
+        assert!(ok, "server did not become ready");
     }
 
     /// Validates `token` needing `scopes`.

@@ -1,9 +1,13 @@
-//! Integration tests: a real server on the embedded store, real gRPC over 127.0.0.1:0, the real
-//! CLI binary. One binary, a module per concern.
+//! Integration tests: a real server (embedded store or real redis-server processes), real gRPC
+//! over 127.0.0.1:0, the real CLI binary. One binary, a module per concern.
 
 mod admin;
 mod bad_input;
 mod cli;
 mod helpers;
 mod lifecycle;
+mod proxy;
+mod redis;
+mod redis_server;
+mod replica;
 mod validate;

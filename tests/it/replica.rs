@@ -1,0 +1,112 @@
+//! A replica as a separate `navis-auth serve` process, for tests that must stop and continue a
+//! whole process (SIGSTOP / SIGCONT).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Replica {
+    pub validator_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
+    let start = line.find(key)? + key.len();
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+impl Replica {
+    pub fn start(store_url: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_navis-auth"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("NAVIS_AUTH_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--http-listen", "127.0.0.1:0", "--store", store_url])
+            .args(["--data-dir", dir.path().to_str().expect("utf-8")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn navis-auth");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("navis-auth serving") {
+                    let _ = tx.send(line.clone());
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("replica reports its addresses");
+        let validator_addr = addr_after(&line, "validator=").expect("validator addr");
+        let http_addr = addr_after(&line, "http=").expect("http addr");
+        Replica {
+            validator_addr,
+            http_addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(self.http_addr) {
+                use std::io::{Read, Write};
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("replica did not become ready");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
