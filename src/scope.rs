@@ -67,7 +67,7 @@ pub fn check_all<S: AsRef<str>>(scopes: &[S]) -> Result<(), ScopeError> {
 }
 
 /// The scopes a token holds: sorted, without duplicates.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ScopeSet(Vec<String>);
 
 impl ScopeSet {

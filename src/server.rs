@@ -142,7 +142,12 @@ impl App {
     /// # Errors
     /// When the store or admin token cannot be set up.
     pub async fn build(config: Config) -> Result<App, ServerError> {
-        let cache = Arc::new(Cache::new(config.cache_capacity, config.negative_ttl));
+        let clock = Clock::coarse();
+        let cache = Arc::new(Cache::new(
+            config.cache_capacity,
+            config.negative_ttl,
+            clock.clone(),
+        ));
         let (store, feed, keepalive) = match &config.store {
             StoreConfig::Embedded(dir) => {
                 let embedded = EmbeddedStore::open(dir)?;
@@ -168,7 +173,6 @@ impl App {
             .as_ref()
             .map_or(Lease::Always, |f| Lease::Feed(f.state()));
         let admin_token = load_or_create_admin_token(&config.admin_token_file)?;
-        let clock = Clock::System;
         let (touch_tx, touch_rx) = mpsc::channel(65_536);
         let validator = Arc::new(Validator::new(
             Arc::clone(&cache),

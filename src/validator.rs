@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::{OnceCell, mpsc};
 
-use crate::cache::{Cache, CachedRecord, FillTicket, Lookup};
+use crate::cache::{Cache, Entry, FillTicket, Granted, Probe, View};
 use crate::challenge::Reason;
 use crate::clock::Clock;
 use crate::revocation::Lease;
@@ -62,8 +62,8 @@ pub struct Verdict {
     pub decision: Decision,
     /// Why.
     pub reason: Reason,
-    /// The token's record, when it is known (allowed or forbidden).
-    pub record: Option<Arc<CachedRecord>>,
+    /// What the token grants, when it is known (allowed or forbidden).
+    pub record: Option<Arc<Granted>>,
     /// Where the answer came from.
     pub source: Source,
 }
@@ -99,7 +99,7 @@ pub enum Fast {
     Lookup(TokenHash),
 }
 
-type FlightResult = Result<Option<Arc<CachedRecord>>, StoreError>;
+type FlightResult = Result<Option<Entry>, StoreError>;
 
 /// One store lookup that concurrent misses for the same token share.
 struct Flight {
@@ -180,7 +180,15 @@ impl Validator {
                 _ => "required_scopes holds a scope that is not an RFC 6749 scope token",
             })));
         }
-        let parsed = match token::strip_bearer(req.credential).and_then(token::parse) {
+        // Most callers send the bare token: parse it directly, and only look for a scheme when
+        // that fails on the length or prefix.
+        let parsed = match token::parse(req.credential) {
+            Err(token::Malformed::Length | token::Malformed::Prefix) => {
+                token::strip_bearer(req.credential).and_then(token::parse)
+            }
+            direct => direct,
+        };
+        let parsed = match parsed {
             Ok(p) => p,
             Err(m) => return Fast::Done(Ok(Verdict::deny(Reason::Malformed(m), Source::Request))),
         };
@@ -192,10 +200,13 @@ impl Validator {
         if !self.lease.fresh() {
             return Fast::Lookup(hash);
         }
-        match self.cache.get(&hash) {
-            Lookup::Hit(rec) => Fast::Done(Ok(self.decide(rec, req, Source::Cache))),
-            Lookup::Absent => Fast::Done(Ok(Verdict::deny(Reason::Unknown, Source::Cache))),
-            Lookup::Miss => Fast::Lookup(hash),
+        match self
+            .cache
+            .lookup(&hash, |v| self.decide(&hash, v, req, Source::Cache))
+        {
+            Probe::Hit(verdict) => Fast::Done(Ok(verdict)),
+            Probe::Absent => Fast::Done(Ok(Verdict::deny(Reason::Unknown, Source::Cache))),
+            Probe::Miss => Fast::Lookup(hash),
         }
     }
 
@@ -213,7 +224,7 @@ impl Validator {
             .await
             .map_err(ValidateError::Unavailable)?;
         Ok(match found {
-            Some(rec) => self.decide(rec, req, Source::Store),
+            Some(entry) => self.decide(&hash, entry.view(), req, Source::Store),
             None => Verdict::deny(Reason::Unknown, Source::Store),
         })
     }
@@ -240,16 +251,11 @@ impl Validator {
         let result = flight
             .cell
             .get_or_init(|| async {
-                let r = self.store.get(hash).await?;
-                let found = r.map(|rec| Arc::new(CachedRecord::new(rec)));
+                let found = self.store.get(hash).await?.map(|r| self.cache.entry(&r));
                 // Errors are never cached; answers are, unless an invalidation landed meanwhile.
-                if !self.cache.fill(flight.ticket, hash, found.clone()) {
+                if !self.cache.fill(flight.ticket, hash, found.as_ref()) {
                     // A revocation raced this read: read again so that it wins.
-                    return Ok(self
-                        .store
-                        .get(hash)
-                        .await?
-                        .map(|r| Arc::new(CachedRecord::new(r))));
+                    return Ok(self.store.get(hash).await?.map(|r| self.cache.entry(&r)));
                 }
                 Ok(found)
             })
@@ -260,34 +266,35 @@ impl Validator {
         result
     }
 
-    fn decide(&self, rec: Arc<CachedRecord>, req: Request<'_>, source: Source) -> Verdict {
+    #[inline]
+    fn decide(&self, hash: &TokenHash, v: View<'_>, req: Request<'_>, source: Source) -> Verdict {
         let now = self.clock.now();
-        let r = &rec.record;
-        let reason = if r.kind == TokenKind::OAuthRefresh {
+        let reason = if v.kind == TokenKind::OAuthRefresh {
             Reason::RefreshToken
-        } else if r.is_revoked() {
+        } else if v.revoked {
             Reason::Revoked
-        } else if r.is_expired(now) {
+        } else if v.expires_at != 0 && now >= v.expires_at {
             Reason::Expired
-        } else if !resource_matches(&r.resource, req.resource) {
+        } else if !resource_matches(v.resource, req.resource) {
             Reason::WrongResource
-        } else if !r.scopes.contains_all(req.required_scopes) {
+        } else if !v.scopes.contains_all(req.required_scopes) {
             Reason::InsufficientScope
         } else {
             Reason::Ok
         };
         let decision = match reason {
             Reason::Ok => {
-                if rec.claim_touch(now, TOUCH_EVERY_SECS) {
+                if v.body.claim_touch(now, TOUCH_EVERY_SECS) {
                     // Full queue: skip this update; the next use a minute later retries.
-                    let _ = self.touches.try_send((r.hash, now));
+                    let _ = self.touches.try_send((*hash, now));
                 }
                 Decision::Allow
             }
             Reason::InsufficientScope => Decision::Forbidden,
             _ => Decision::Unauthenticated,
         };
-        let record = matches!(decision, Decision::Allow | Decision::Forbidden).then_some(rec);
+        let record =
+            matches!(decision, Decision::Allow | Decision::Forbidden).then(|| Arc::clone(v.body));
         Verdict {
             decision,
             reason,
@@ -441,7 +448,7 @@ mod tests {
         let store = Store::new(faulty.clone());
         let clock = Clock::manual(1_000_000);
         let (tx, _rx) = mpsc::channel(16);
-        let cache = Arc::new(Cache::new(1000, Duration::from_secs(5)));
+        let cache = Arc::new(Cache::new(1000, Duration::from_secs(5), clock.clone()));
         let v = Arc::new(Validator::new(
             cache,
             store.clone(),

@@ -62,14 +62,13 @@ pub fn response(
         ..Default::default()
     };
     if let Some(rec) = &v.record {
-        let r = &rec.record;
-        out.subject = r.subject.clone();
-        out.scopes = r.scopes.as_slice().to_vec();
-        out.kind = kind_to_pb(r.kind) as i32;
-        out.token_id = r.token_id.clone();
-        out.client_id = r.client_id.clone();
-        out.expires_at = r.expires_at;
-        out.resource = r.resource.clone();
+        out.subject = rec.subject().to_owned();
+        out.scopes = rec.scopes().map(str::to_owned).collect();
+        out.kind = kind_to_pb(rec.kind()) as i32;
+        out.token_id = rec.token_id().to_owned();
+        out.client_id = rec.client_id().to_owned();
+        out.expires_at = rec.expires_at();
+        out.resource = rec.resource().to_owned();
     }
     if v.reason != Reason::Ok {
         out.error = v.reason.error_code().to_owned();
