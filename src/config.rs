@@ -287,6 +287,9 @@ pub struct ServeArgs {
     /// Log filter (`info`, `debug`, `navis_auth=debug,tonic=info`, …).
     #[arg(long, env = "NAVIS_AUTH_LOG", default_value = "info")]
     pub log: String,
+    /// Log format: `plain` for terminals, `json` (one object per line) for log pipelines.
+    #[arg(long, env = "NAVIS_AUTH_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub log_format: String,
 }
 
 /// Which store to run on.
@@ -336,6 +339,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log filter.
     pub log: String,
+    /// JSON logs instead of plain text.
+    pub log_json: bool,
 }
 
 /// Name of the admin token file in the data directory.
@@ -385,6 +390,7 @@ impl From<ServeArgs> for Config {
             last_used_flush: a.last_used_flush,
             shutdown_grace: a.shutdown_grace,
             log: a.log,
+            log_json: a.log_format == "json",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The HTTP listener: `/healthz` (the process is alive) and `/readyz` (ready for traffic: not
-//! shutting down, and the store answers).
+//! The HTTP listener: `/metrics` (Prometheus text format), `/healthz` (the process is alive) and
+//! `/readyz` (ready for traffic: not shutting down, the store answers, the revocation feed is
+//! caught up).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,10 +8,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::revocation::Lease;
+use crate::cache::Cache;
+use crate::metrics::Metrics;
+use crate::revocation::{FeedState, Lease};
 use crate::store::Store;
 
 /// How long `/readyz` waits for the store.
@@ -55,16 +59,63 @@ impl Readiness {
     }
 }
 
+/// What `/metrics` refreshes before rendering.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    /// The registry.
+    pub metrics: Arc<Metrics>,
+    /// For the entry gauge and eviction counter.
+    pub cache: Arc<Cache>,
+    /// For the feed gauges (None: embedded store, always caught up).
+    pub feed: Option<Arc<FeedState>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    readiness: Arc<Readiness>,
+    scrape: Scrape,
+}
+
 /// The router for the HTTP listener.
-pub fn router(readiness: Arc<Readiness>) -> Router {
+pub fn router(readiness: Arc<Readiness>, scrape: Scrape) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(readiness)
+        .route("/metrics", get(metrics))
+        .with_state(AppState { readiness, scrape })
 }
 
-async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, &'static str) {
-    match r.check().await {
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let m = &s.scrape.metrics;
+    m.cache_entries.set(s.scrape.cache.len() as f64);
+    m.cache_evictions.absolute(s.scrape.cache.evictions());
+    match &s.scrape.feed {
+        Some(f) => {
+            m.feed_connected.set(if f.connected() { 1.0 } else { 0.0 });
+            m.lease_age
+                .set(f.lease_age().map_or(f64::INFINITY, |a| a.as_secs_f64()));
+        }
+        None => {
+            m.feed_connected.set(1.0);
+            m.lease_age.set(0.0);
+        }
+    }
+    m.ready.set(if s.readiness.check().await.is_ok() {
+        1.0
+    } else {
+        0.0
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    match s.readiness.check().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }

@@ -17,7 +17,8 @@
 //! - [`revocation`]: invalidation fan-out
 //! - [`admin`]: token lifecycle: create, rotate, issue, refresh, revoke, list
 //! - [`grpc`]: protobuf ↔ domain adapters and the one error → `Status` mapping
-//! - [`http`]: `/healthz`, `/readyz`
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`
+//! - [`metrics`]: metric names, help, buckets, pre-registered handles
 //! - [`config`]: flags and `NAVIS_AUTH_*` environment, parsed once
 //! - [`server`]: wiring, serving and graceful shutdown
 //! - [`cli`]: the client subcommands
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod pb;
 pub mod record;
 pub mod revocation;

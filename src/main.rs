@@ -41,11 +41,11 @@ async fn async_main(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => {
             let config = Config::from(args);
-            init_logging(&config.log);
+            init_logging(&config.log, config.log_json);
             serve(config).await
         }
         other => {
-            init_logging("warn");
+            init_logging("warn", false);
             client(other).await
         }
     };
@@ -79,16 +79,21 @@ async fn client(cmd: Command) -> anyhow::Result<u8> {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, json: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("navis-auth: --log: {e}; using `info`");
         EnvFilter::new("info")
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

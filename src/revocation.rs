@@ -29,6 +29,7 @@ use redis::{
 use tokio::sync::{mpsc, watch};
 
 use crate::cache::Cache;
+use crate::metrics::{AppliedPath, FlushReason, Metrics};
 use crate::store::Changed;
 use crate::store::redis::hex_hash;
 use crate::token::TokenHash;
@@ -62,12 +63,13 @@ impl Granularity {
 #[derive(Clone, Debug)]
 pub struct Revocations {
     cache: Arc<Cache>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Revocations {
-    /// A publisher for `cache`.
-    pub fn new(cache: Arc<Cache>) -> Self {
-        Revocations { cache }
+    /// A publisher for `cache`, counting in `metrics`.
+    pub fn new(cache: Arc<Cache>, metrics: Option<Arc<Metrics>>) -> Self {
+        Revocations { cache, metrics }
     }
 
     /// Drops the changed tokens from this replica's cache. (The store has already told the
@@ -77,6 +79,9 @@ impl Revocations {
             return;
         }
         self.cache.invalidate(changed.iter().map(|c| c.hash));
+        if let Some(m) = &self.metrics {
+            m.applied(granularity.as_str(), AppliedPath::Local, None);
+        }
         for c in changed {
             tracing::info!(token_id = %c.token_id, granularity = granularity.as_str(), "token invalidated");
         }
@@ -192,6 +197,7 @@ pub struct RedisFeed {
     state: Arc<FeedState>,
     timeout: Duration,
     block: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for RedisFeed {
@@ -245,6 +251,7 @@ impl RedisFeed {
         cache: Arc<Cache>,
         lease: Duration,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::store::redis::BadRedisUrl> {
         let bad = |e: redis::RedisError| crate::store::redis::BadRedisUrl(e.to_string());
         let info = url.into_connection_info().map_err(bad)?;
@@ -265,6 +272,7 @@ impl RedisFeed {
             state: Arc::new(FeedState::new(lease)),
             timeout,
             block,
+            metrics,
         })
     }
 
@@ -281,8 +289,9 @@ impl RedisFeed {
         tracing::info!("revocation feed stopped");
     }
 
-    fn flush(&self, why: &str) {
+    fn flush(&self, reason: FlushReason, why: &str) {
         self.cache.flush();
+        self.metrics.flush(reason);
         self.state.flushes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             reason = why,
@@ -297,10 +306,17 @@ impl RedisFeed {
         }
         self.cache.invalidate(hashes.iter().copied());
         self.state.applied.fetch_add(1, Ordering::Relaxed);
+        let lag = Duration::from_millis(unix_ms().saturating_sub(at_ms));
+        let metric_path = match path {
+            Path::PubSub => AppliedPath::PubSub,
+            Path::Stream => AppliedPath::Stream,
+        };
+        self.metrics
+            .applied(granularity, metric_path, (at_ms > 0).then_some(lag));
         tracing::debug!(
             granularity,
             tokens = hashes.len(),
-            lag_ms = unix_ms().saturating_sub(at_ms),
+            lag_ms = lag.as_millis() as u64,
             path = ?path,
             "revocation applied"
         );
@@ -436,15 +452,24 @@ impl RedisFeed {
             }
             Some(pos) => {
                 if epoch_changed {
-                    self.flush("epoch changed: redis lost its data or was replaced");
+                    self.flush(
+                        FlushReason::Epoch,
+                        "epoch changed: redis lost its data or was replaced",
+                    );
                     *last = Some(generated.unwrap_or(StreamPos::ZERO));
                 } else if generated.is_none_or(|g| g < pos) {
-                    self.flush("stream is behind this replica: replaced or failed over");
+                    self.flush(
+                        FlushReason::StreamBehind,
+                        "stream is behind this replica: replaced or failed over",
+                    );
                     *last = Some(generated.unwrap_or(StreamPos::ZERO));
                 } else if generated.is_some_and(|g| g > pos) && first.is_none_or(|f| f > pos) {
                     // Entries after our position existed and the oldest left is newer than it:
                     // some of what we missed may be gone.
-                    self.flush("stream trimmed past this replica's position");
+                    self.flush(
+                        FlushReason::StreamTrimmed,
+                        "stream trimmed past this replica's position",
+                    );
                 }
             }
         }

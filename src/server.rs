@@ -21,6 +21,7 @@ use crate::grpc::AdminAuth;
 use crate::grpc::admin::AdminService;
 use crate::grpc::validator::ValidatorService;
 use crate::http::{self, Readiness};
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::revocation::{FeedState, Lease, RedisFeed, Revocations};
 use crate::store::embedded::{EmbeddedStore, OpenError};
@@ -114,6 +115,7 @@ pub struct App {
     feed: Option<RedisFeed>,
     lease: Lease,
     keepalive: Option<RedisStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for App {
@@ -148,11 +150,22 @@ impl App {
             config.negative_ttl,
             clock.clone(),
         ));
+        let metrics = Metrics::new(
+            match config.store {
+                StoreConfig::Embedded(_) => "embedded",
+                StoreConfig::Redis(_) => "redis",
+            },
+            matches!(config.store, StoreConfig::Redis(_)).then_some(config.revocation_lease),
+        );
         let (store, feed, keepalive) = match &config.store {
             StoreConfig::Embedded(dir) => {
                 let embedded = EmbeddedStore::open(dir)?;
                 tracing::info!(path = %embedded.path().display(), "embedded store open");
-                (Store::new(Arc::new(embedded)), None, None)
+                (
+                    Store::with_metrics(Arc::new(embedded), Arc::clone(&metrics)),
+                    None,
+                    None,
+                )
             }
             StoreConfig::Redis(rc) => {
                 let bad = |e: crate::store::redis::BadRedisUrl| ServerError::Redis(e.0);
@@ -163,10 +176,12 @@ impl App {
                     Arc::clone(&cache),
                     config.revocation_lease,
                     rc.timeout,
+                    Arc::clone(&metrics),
                 )
                 .map_err(bad)?;
                 tracing::info!(prefix = %rc.prefix, lease = ?config.revocation_lease, "redis store configured");
-                (Store::new(Arc::new(redis.clone())), Some(feed), Some(redis))
+                let store = Store::with_metrics(Arc::new(redis.clone()), Arc::clone(&metrics));
+                (store, Some(feed), Some(redis))
             }
         };
         let lease = feed
@@ -181,8 +196,10 @@ impl App {
             touch_tx,
             lease.clone(),
         ));
-        let tokens = TokenService::new(store.clone(), Revocations::new(Arc::clone(&cache)), clock);
+        let revocations = Revocations::new(Arc::clone(&cache), Some(Arc::clone(&metrics)));
+        let tokens = TokenService::new(store.clone(), revocations, clock);
         Ok(App {
+            metrics,
             keepalive,
             feed,
             lease,
@@ -223,7 +240,7 @@ impl App {
         let App {
             config,
             store,
-            cache: _,
+            cache,
             validator,
             tokens,
             admin_auth,
@@ -231,6 +248,7 @@ impl App {
             feed,
             lease,
             keepalive,
+            metrics,
         } = self;
         let (grpc_addr, admin_addr, http_addr) = listeners.addrs();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -264,8 +282,11 @@ impl App {
                 })
         };
 
-        let validator_svc =
-            ValidatorService::new(Arc::clone(&validator), config.challenges.clone());
+        let validator_svc = ValidatorService::new(
+            Arc::clone(&validator),
+            config.challenges.clone(),
+            Arc::clone(&metrics),
+        );
         let grpc = Server::builder()
             .tcp_nodelay(true)
             .add_service(health_server())
@@ -278,9 +299,27 @@ impl App {
             .add_service(AdminService::new(tokens).into_server(admin_auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.admin), stopped());
         let readiness = Arc::new(Readiness::new(store.clone(), lease));
+        let scrape = http::Scrape {
+            metrics: Arc::clone(&metrics),
+            cache: Arc::clone(&cache),
+            feed: feed.as_ref().map(RedisFeed::state),
+        };
+        let upkeep = {
+            let metrics = Arc::clone(&metrics);
+            let mut stop = stop_rx_feed.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => metrics.upkeep(),
+                        () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                    }
+                }
+            })
+        };
         let feed = feed.map(|f| tokio::spawn(f.run(stop_rx_feed.clone())));
         let keepalive = keepalive.map(|r| tokio::spawn(r.keepalive(stop_rx_feed.clone())));
-        let http = axum::serve(listeners.http, http::router(Arc::clone(&readiness)))
+        let http = axum::serve(listeners.http, http::router(Arc::clone(&readiness), scrape))
             .with_graceful_shutdown(stopped());
 
         let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
@@ -325,7 +364,7 @@ impl App {
         }
         let _ = flusher_stop_tx.send(true);
         let _ = flusher.await;
-        for task in feed.into_iter().chain(keepalive) {
+        for task in feed.into_iter().chain(keepalive).chain([upkeep]) {
             let _ = tokio::time::timeout(config.shutdown_grace, task).await;
         }
         tracing::info!("navis-auth stopped");

@@ -12,6 +12,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::metrics::Metrics;
 
 use crate::record::TokenRecord;
 use crate::token::TokenHash;
@@ -183,6 +186,7 @@ pub trait TokenStore: Send + Sync + 'static {
 pub struct StoreCalls {
     gets: AtomicU64,
     writes: AtomicU64,
+    pings: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -201,11 +205,26 @@ impl StoreCalls {
     }
 }
 
-/// A store with call counting around it. Every part of the service talks to this.
+/// Indexes into [`crate::metrics::STORE_OPS`].
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Get = 0,
+    GetById = 1,
+    Insert = 2,
+    Rotate = 3,
+    SpendRefresh = 4,
+    Revoke = 5,
+    List = 6,
+    Touch = 7,
+    Ping = 8,
+}
+
+/// A store with call counting and metrics around it. Every part of the service talks to this.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn TokenStore>,
     calls: Arc<StoreCalls>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -217,11 +236,20 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Wraps a store.
+    /// Wraps a store (no metrics: tools and tests).
     pub fn new(inner: Arc<dyn TokenStore>) -> Self {
         Store {
             inner,
             calls: Arc::default(),
+            metrics: None,
+        }
+    }
+
+    /// Wraps a store, recording every call in `metrics`.
+    pub fn with_metrics(inner: Arc<dyn TokenStore>, metrics: Arc<Metrics>) -> Self {
+        Store {
+            metrics: Some(metrics),
+            ..Store::new(inner)
         }
     }
 
@@ -230,15 +258,20 @@ impl Store {
         &self.calls
     }
 
-    async fn counted<T>(
-        &self,
-        counter: &AtomicU64,
-        f: StoreFuture<'_, T>,
-    ) -> Result<T, StoreError> {
+    async fn counted<T>(&self, op: Op, f: StoreFuture<'_, T>) -> Result<T, StoreError> {
+        let counter = match op {
+            Op::Get => &self.calls.gets,
+            Op::Ping => &self.calls.pings,
+            _ => &self.calls.writes,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = f.await;
         if r.is_err() {
             self.calls.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.metrics {
+            m.store_call(op as usize, started.elapsed(), r.is_ok());
         }
         r
     }
@@ -248,7 +281,7 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn get(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError> {
-        self.counted(&self.calls.gets, self.inner.get(hash)).await
+        self.counted(Op::Get, self.inner.get(hash)).await
     }
 
     /// See [`TokenStore::get_by_id`].
@@ -256,8 +289,7 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn get_by_id(&self, id: String) -> Result<Option<TokenRecord>, StoreError> {
-        self.counted(&self.calls.writes, self.inner.get_by_id(id))
-            .await
+        self.counted(Op::GetById, self.inner.get_by_id(id)).await
     }
 
     /// See [`TokenStore::insert`].
@@ -265,8 +297,7 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn insert(&self, records: Vec<TokenRecord>) -> Result<(), StoreError> {
-        self.counted(&self.calls.writes, self.inner.insert(records))
-            .await
+        self.counted(Op::Insert, self.inner.insert(records)).await
     }
 
     /// See [`TokenStore::rotate`].
@@ -281,7 +312,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let f = self.inner.rotate(old_id, old_expires_at, new, now);
-        self.counted(&self.calls.writes, f).await
+        self.counted(Op::Rotate, f).await
     }
 
     /// See [`TokenStore::spend_refresh`].
@@ -295,7 +326,7 @@ impl Store {
         successors: Successors,
     ) -> Result<SpendOutcome, StoreError> {
         let f = self.inner.spend_refresh(hash, now, successors);
-        self.counted(&self.calls.writes, f).await
+        self.counted(Op::SpendRefresh, f).await
     }
 
     /// See [`TokenStore::revoke`].
@@ -303,7 +334,7 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn revoke(&self, target: RevokeTarget, now: i64) -> Result<Vec<Changed>, StoreError> {
-        self.counted(&self.calls.writes, self.inner.revoke(target, now))
+        self.counted(Op::Revoke, self.inner.revoke(target, now))
             .await
     }
 
@@ -312,8 +343,7 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn list(&self, query: ListQuery) -> Result<ListPage, StoreError> {
-        self.counted(&self.calls.writes, self.inner.list(query))
-            .await
+        self.counted(Op::List, self.inner.list(query)).await
     }
 
     /// See [`TokenStore::touch`].
@@ -321,8 +351,7 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn touch(&self, used: Vec<(TokenHash, i64)>) -> Result<(), StoreError> {
-        self.counted(&self.calls.writes, self.inner.touch(used))
-            .await
+        self.counted(Op::Touch, self.inner.touch(used)).await
     }
 
     /// See [`TokenStore::ping`].
@@ -330,6 +359,6 @@ impl Store {
     /// # Errors
     /// As the store fails.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
+        self.counted(Op::Ping, self.inner.ping()).await
     }
 }

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{kind_to_pb, validate_status};
 use crate::challenge::{Challenges, Reason};
+use crate::metrics::{Method, Metrics};
 use crate::pb::{self, validator_server};
 use crate::validator::{self as core, Decision, Fast, ValidateError, Validator, Verdict};
 
@@ -20,14 +22,16 @@ const STREAM_WINDOW: usize = 1024;
 pub struct ValidatorService {
     core: Arc<Validator>,
     challenges: Arc<Challenges>,
+    metrics: Arc<Metrics>,
 }
 
 impl ValidatorService {
-    /// Serves `core`, building challenges with `challenges`.
-    pub fn new(core: Arc<Validator>, challenges: Challenges) -> Self {
+    /// Serves `core`, building challenges with `challenges`, counting in `metrics`.
+    pub fn new(core: Arc<Validator>, challenges: Challenges, metrics: Arc<Metrics>) -> Self {
         ValidatorService {
             core,
             challenges: Arc::new(challenges),
+            metrics,
         }
     }
 
@@ -78,6 +82,25 @@ pub fn response(
     out
 }
 
+/// Counts and builds one streaming answer.
+fn answer(
+    metrics: &Metrics,
+    challenges: &Challenges,
+    req: &pb::ValidateRequest,
+    r: Result<Verdict, ValidateError>,
+) -> pb::ValidateResponse {
+    match r {
+        Ok(v) => {
+            metrics.decision(&v);
+            response(challenges, req, &v)
+        }
+        Err(e) => {
+            metrics.validate_error(matches!(e, ValidateError::Unavailable(_)));
+            stream_error(req, &e)
+        }
+    }
+}
+
 /// A streaming answer for a request that unary `Validate` would fail with a status.
 fn stream_error(req: &pb::ValidateRequest, e: &ValidateError) -> pb::ValidateResponse {
     let status = validate_status(e);
@@ -103,11 +126,23 @@ impl validator_server::Validator for ValidatorService {
         &self,
         req: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let started = Instant::now();
         let req = req.into_inner();
-        match self.core.validate(request(&req)).await {
-            Ok(v) => Ok(Response::new(response(&self.challenges, &req, &v))),
-            Err(e) => Err(validate_status(&e)),
-        }
+        let outcome = self.core.validate(request(&req)).await;
+        self.metrics.lookup(started.elapsed());
+        let answer = match outcome {
+            Ok(v) => {
+                self.metrics.decision(&v);
+                Ok(Response::new(response(&self.challenges, &req, &v)))
+            }
+            Err(e) => {
+                self.metrics
+                    .validate_error(matches!(e, ValidateError::Unavailable(_)));
+                Err(validate_status(&e))
+            }
+        };
+        self.metrics.rpc(Method::Validate, started.elapsed());
+        answer
     }
 
     type ValidateStreamStream = AnswerStream;
@@ -120,6 +155,7 @@ impl validator_server::Validator for ValidatorService {
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         let core = Arc::clone(&self.core);
         let challenges = Arc::clone(&self.challenges);
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             while let Some(item) = inbound.next().await {
                 let req = match item {
@@ -131,28 +167,32 @@ impl validator_server::Validator for ValidatorService {
                 };
                 // Cache hits and format rejects are answered inline, in order; misses go to
                 // their own task so one slow lookup never holds up the answers behind it.
+                let started = Instant::now();
                 match core.fast(request(&req)) {
                     Fast::Done(r) => {
-                        let answer = match r {
-                            Ok(v) => response(&challenges, &req, &v),
-                            Err(e) => stream_error(&req, &e),
-                        };
+                        metrics.lookup(started.elapsed());
+                        let answer = answer(&metrics, &challenges, &req, r);
+                        metrics.rpc(Method::ValidateStream, started.elapsed());
                         if tx.send(Ok(answer)).await.is_err() {
                             break;
                         }
                     }
                     Fast::Lookup(hash) => {
-                        let (core, challenges, tx) =
-                            (Arc::clone(&core), Arc::clone(&challenges), tx.clone());
+                        let (core, challenges, metrics, tx) = (
+                            Arc::clone(&core),
+                            Arc::clone(&challenges),
+                            Arc::clone(&metrics),
+                            tx.clone(),
+                        );
                         // Bounded: wait for room before taking on more work.
                         let Ok(permit) = tx.reserve_owned().await else {
                             break;
                         };
                         tokio::spawn(async move {
-                            let answer = match core.lookup(hash, request(&req)).await {
-                                Ok(v) => response(&challenges, &req, &v),
-                                Err(e) => stream_error(&req, &e),
-                            };
+                            let r = core.lookup(hash, request(&req)).await;
+                            metrics.lookup(started.elapsed());
+                            let answer = answer(&metrics, &challenges, &req, r);
+                            metrics.rpc(Method::ValidateStream, started.elapsed());
                             permit.send(Ok(answer));
                         });
                     }

@@ -39,6 +39,12 @@ pub type AdminClient = TokenAdminClient<InterceptedService<Channel, Bearer>>;
 #[derive(Clone)]
 pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
 
+impl Bearer {
+    pub fn new(v: MetadataValue<tonic::metadata::Ascii>) -> Self {
+        Bearer(v)
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
         r.metadata_mut().insert("authorization", self.0.clone());
@@ -141,23 +147,9 @@ impl TestServer {
         }
     }
 
-    /// A plain HTTP/1.1 GET on the HTTP listener: (status, body).
+    /// A plain HTTP GET on the HTTP listener: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let mut s = tokio::net::TcpStream::connect(self.http_addr)
-            .await
-            .expect("connect http");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        (status, body)
+        http_get_at(self.http_addr, path).await
     }
 
     /// Creates an API key: (plaintext, info).
@@ -266,4 +258,29 @@ pub fn unknown_token(kind: navis_auth::token::TokenKind) -> String {
     navis_auth::token::generate(kind)
         .expect("rng")
         .into_exposed()
+}
+
+/// A plain HTTP/1.0 GET (no chunked bodies to undo): (status, body); status 0 when nothing
+/// answers (a server still starting).
+pub async fn http_get_at(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut buf = Vec::new();
+    if s.write_all(req.as_bytes()).await.is_err() || s.read_to_end(&mut buf).await.is_err() {
+        return (0, String::new());
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }

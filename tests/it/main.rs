@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod helpers;
 mod lifecycle;
+mod observability;
 mod proxy;
 mod redis;
 mod redis_server;

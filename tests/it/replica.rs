@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 pub struct Replica {
     pub validator_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Every line the process wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
@@ -44,24 +47,46 @@ impl Replica {
             .expect("spawn navis-auth");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("navis-auth serving") {
                     let _ = tx.send(line.clone());
                 }
+                sink.lock().expect("log lock").push(line);
             }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("replica reports its addresses");
-        let validator_addr = addr_after(&line, "validator=").expect("validator addr");
-        let http_addr = addr_after(&line, "http=").expect("http addr");
+        // Plain logs write `validator=ADDR`, JSON logs `"validator":"ADDR"`.
+        let flat = line.replace("\":\"", "=").replace('"', " ");
+        let validator_addr = addr_after(&flat, "validator=").expect("validator addr");
+        let admin_addr = addr_after(&flat, "admin=").expect("admin addr");
+        let http_addr = addr_after(&flat, "http=").expect("http addr");
         Replica {
             validator_addr,
+            admin_addr,
             http_addr,
+            log,
             child,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The admin token the process generated in its data dir.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_owned()
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    pub fn terminate(&mut self) {
+        self.signal("-TERM");
+        let _ = self.child.wait();
     }
 
     fn signal(&self, sig: &str) {
@@ -105,6 +130,7 @@ impl Drop for Replica {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
