@@ -254,6 +254,10 @@ pub struct ServeArgs {
     /// [default: <data-dir>/admin-token].
     #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the bearer credential callers of `POST /oauth/introspect` (RFC 7662) must
+    /// present [default: the admin token].
+    #[arg(long, env = "NAVIS_AUTH_INTROSPECTION_TOKEN_FILE")]
+    pub introspection_token_file: Option<PathBuf>,
     /// The protected resource's RFC 9728 metadata URL, sent in 401/403 challenges as
     /// `resource_metadata` (the MCP authorization spec asks for it).
     #[arg(long, env = "NAVIS_AUTH_RESOURCE_METADATA_URL", value_parser = parse_metadata_url)]
@@ -327,6 +331,8 @@ pub struct Config {
     pub revocation_lease: Duration,
     /// The admin token file.
     pub admin_token_file: PathBuf,
+    /// The introspection credential file (None: the admin token).
+    pub introspection_token_file: Option<PathBuf>,
     /// Challenge builder (with the resource metadata URL).
     pub challenges: Challenges,
     /// Cache size.
@@ -385,6 +391,7 @@ impl From<ServeArgs> for Config {
             store,
             revocation_lease: a.revocation_lease,
             admin_token_file,
+            introspection_token_file: a.introspection_token_file,
             cache_capacity: usize::try_from(a.cache_capacity).unwrap_or(usize::MAX),
             negative_ttl: a.negative_ttl,
             last_used_flush: a.last_used_flush,

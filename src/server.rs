@@ -57,6 +57,14 @@ pub enum ServerError {
         /// What went wrong.
         reason: String,
     },
+    /// The introspection credential file could not be used.
+    #[error("--introspection-token-file {path}: {reason}")]
+    IntrospectionToken {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A listener failed while serving.
     #[error("{listener} listener failed: {reason}")]
     Serve {
@@ -116,6 +124,7 @@ pub struct App {
     lease: Lease,
     keepalive: Option<RedisStore>,
     metrics: Arc<Metrics>,
+    introspection_auth: AdminAuth,
 }
 
 impl std::fmt::Debug for App {
@@ -188,6 +197,10 @@ impl App {
             .as_ref()
             .map_or(Lease::Always, |f| Lease::Feed(f.state()));
         let admin_token = load_or_create_admin_token(&config.admin_token_file)?;
+        let introspection_auth = match &config.introspection_token_file {
+            Some(path) => AdminAuth::new(&read_secret_file(path)?),
+            None => AdminAuth::new(&admin_token),
+        };
         let (touch_tx, touch_rx) = mpsc::channel(65_536);
         let validator = Arc::new(Validator::new(
             Arc::clone(&cache),
@@ -199,6 +212,7 @@ impl App {
         let revocations = Revocations::new(Arc::clone(&cache), Some(Arc::clone(&metrics)));
         let tokens = TokenService::new(store.clone(), revocations, clock);
         Ok(App {
+            introspection_auth,
             metrics,
             keepalive,
             feed,
@@ -249,6 +263,7 @@ impl App {
             lease,
             keepalive,
             metrics,
+            introspection_auth,
         } = self;
         let (grpc_addr, admin_addr, http_addr) = listeners.addrs();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -319,8 +334,15 @@ impl App {
         };
         let feed = feed.map(|f| tokio::spawn(f.run(stop_rx_feed.clone())));
         let keepalive = keepalive.map(|r| tokio::spawn(r.keepalive(stop_rx_feed.clone())));
-        let http = axum::serve(listeners.http, http::router(Arc::clone(&readiness), scrape))
-            .with_graceful_shutdown(stopped());
+        let introspection = http::Introspection {
+            validator: Arc::clone(&validator),
+            caller: introspection_auth,
+        };
+        let http = axum::serve(
+            listeners.http,
+            http::router(Arc::clone(&readiness), scrape, introspection),
+        )
+        .with_graceful_shutdown(stopped());
 
         let (flusher_stop_tx, flusher_stop_rx) = watch::channel(false);
         let flusher = tokio::spawn(run_touch_flusher(
@@ -381,6 +403,26 @@ impl App {
 
 const VALIDATOR: &str = "navis.auth.v1.Validator";
 const ADMIN: &str = "navis.auth.v1.TokenAdmin";
+
+/// Reads the introspection credential from a file (trimmed; at least 16 characters).
+///
+/// # Errors
+/// When the file cannot be read or holds too short a credential.
+pub fn read_secret_file(path: &Path) -> Result<String, ServerError> {
+    let fail = |reason: String| ServerError::IntrospectionToken {
+        path: path.to_owned(),
+        reason,
+    };
+    let t = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let t = t.trim().to_owned();
+    if t.len() < 16 {
+        return Err(fail(
+            "holds fewer than 16 characters; use a long random token".into(),
+        ));
+    }
+    warn_if_readable_by_others(path);
+    Ok(t)
+}
 
 /// Reads the admin token, or generates one into a new file with mode 0600.
 ///

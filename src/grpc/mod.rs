@@ -96,6 +96,14 @@ impl AdminAuth {
         }
     }
 
+    /// Whether `presented` (a whole `Authorization` value or the bare credential) is the
+    /// credential, compared in constant time.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let credential = crate::token::strip_bearer(presented).unwrap_or_default();
+        let digest: [u8; 32] = Sha256::digest(credential).into();
+        bool::from(digest.ct_eq(&self.digest))
+    }
+
     /// The interceptor body.
     ///
     /// # Errors
@@ -107,10 +115,8 @@ impl AdminAuth {
                 "admin token required (authorization: Bearer …)",
             ));
         };
-        let presented = crate::token::strip_bearer(value.as_bytes()).unwrap_or_default();
         // Comparing digests makes the comparison constant-time in the length too.
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        if bool::from(digest.ct_eq(&self.digest)) {
+        if self.matches(value.as_bytes()) {
             Ok(req)
         } else {
             Err(Status::unauthenticated("invalid admin token"))

@@ -5,6 +5,7 @@ mod admin;
 mod bad_input;
 mod cli;
 mod helpers;
+mod introspection;
 mod lifecycle;
 mod observability;
 mod proxy;
