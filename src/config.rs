@@ -254,6 +254,14 @@ pub struct ServeArgs {
     /// [default: <data-dir>/admin-token].
     #[arg(long, env = "NAVIS_AUTH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Envoy ext_authz: pass the caller's `Authorization` header on to the upstream (by default
+    /// it is removed from allowed requests: no token passthrough).
+    #[arg(long, env = "NAVIS_AUTH_EXT_AUTHZ_KEEP_AUTHORIZATION")]
+    pub ext_authz_keep_authorization: bool,
+    /// Envoy ext_authz: the RFC 8707 resource for requests to a host, as `HOST=URI`, when the
+    /// route gives no `navis_resource` context extension (repeatable, or comma separated).
+    #[arg(long, env = "NAVIS_AUTH_EXT_AUTHZ_HOST_RESOURCE", value_delimiter = ',', value_parser = parse_host_resource)]
+    pub ext_authz_host_resource: Vec<(String, String)>,
     /// File holding the bearer credential callers of `POST /oauth/introspect` (RFC 7662) must
     /// present [default: the admin token].
     #[arg(long, env = "NAVIS_AUTH_INTROSPECTION_TOKEN_FILE")]
@@ -333,6 +341,8 @@ pub struct Config {
     pub admin_token_file: PathBuf,
     /// The introspection credential file (None: the admin token).
     pub introspection_token_file: Option<PathBuf>,
+    /// Envoy ext_authz answers.
+    pub ext_authz: crate::grpc::ext_authz::ExtAuthzConfig,
     /// Challenge builder (with the resource metadata URL).
     pub challenges: Challenges,
     /// Cache size.
@@ -392,6 +402,10 @@ impl From<ServeArgs> for Config {
             revocation_lease: a.revocation_lease,
             admin_token_file,
             introspection_token_file: a.introspection_token_file,
+            ext_authz: crate::grpc::ext_authz::ExtAuthzConfig {
+                strip_authorization: !a.ext_authz_keep_authorization,
+                host_resources: a.ext_authz_host_resource.into_iter().collect(),
+            },
             cache_capacity: usize::try_from(a.cache_capacity).unwrap_or(usize::MAX),
             negative_ttl: a.negative_ttl,
             last_used_flush: a.last_used_flush,
@@ -426,6 +440,15 @@ fn parse_store(s: &str) -> Result<StoreSpec, String> {
             "rediss:// (TLS to Redis) is not supported by this build; use redis:// on a private network or a TLS sidecar".into(),
         ),
         _ => Err("expected `embedded`, `embedded:PATH` or `redis://host:port/db`".into()),
+    }
+}
+
+fn parse_host_resource(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((host, uri)) if !host.is_empty() && uri.contains("://") => {
+            Ok((host.to_ascii_lowercase(), uri.to_owned()))
+        }
+        _ => Err("expected HOST=URI, e.g. mcp.example.com=https://mcp.example.com".into()),
     }
 }
 

@@ -124,6 +124,8 @@ pub enum Method {
     Validate,
     /// One answer on `Validator.ValidateStream`.
     ValidateStream,
+    /// Envoy `Authorization.Check`.
+    Check,
 }
 
 /// Store operations, for labels.
@@ -158,7 +160,7 @@ pub struct Metrics {
     invalid_argument: Counter,
     unavailable: Counter,
     lookup: Histogram,
-    rpc: [Histogram; 2],
+    rpc: [Histogram; 3],
     cache_hits: Counter,
     cache_negative_hits: Counter,
     cache_misses: Counter,
@@ -267,6 +269,7 @@ impl Metrics {
                 rpc: [
                     ::metrics::histogram!(RPC_DURATION, "method" => "Validate"),
                     ::metrics::histogram!(RPC_DURATION, "method" => "ValidateStream"),
+                    ::metrics::histogram!(RPC_DURATION, "method" => "Check"),
                 ],
                 cache_hits: ::metrics::counter!(CACHE_HITS),
                 cache_negative_hits: ::metrics::counter!(CACHE_NEGATIVE_HITS),

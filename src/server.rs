@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::grpc::AdminAuth;
 use crate::grpc::admin::AdminService;
+use crate::grpc::ext_authz::ExtAuthz;
 use crate::grpc::validator::ValidatorService;
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
@@ -276,7 +277,7 @@ impl App {
         };
 
         let health = HealthReporter::new();
-        for name in [VALIDATOR, ADMIN] {
+        for name in [VALIDATOR, EXT_AUTHZ, ADMIN] {
             health
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
@@ -307,6 +308,15 @@ impl App {
             .add_service(health_server())
             .add_service(reflection()?)
             .add_service(validator_svc.into_server())
+            .add_service(
+                ExtAuthz::new(
+                    Arc::clone(&validator),
+                    config.challenges.clone(),
+                    Arc::clone(&metrics),
+                    config.ext_authz.clone(),
+                )
+                .into_server(),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
         let admin = Server::builder()
             .add_service(health_server())
@@ -366,7 +376,7 @@ impl App {
         };
         tracing::info!("shutting down: marking not ready, closing listeners, draining calls");
         readiness.set_ready(false);
-        for name in ["", VALIDATOR, ADMIN] {
+        for name in ["", VALIDATOR, EXT_AUTHZ, ADMIN] {
             health
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
@@ -402,6 +412,7 @@ impl App {
 }
 
 const VALIDATOR: &str = "navis.auth.v1.Validator";
+const EXT_AUTHZ: &str = "envoy.service.auth.v3.Authorization";
 const ADMIN: &str = "navis.auth.v1.TokenAdmin";
 
 /// Reads the introspection credential from a file (trimmed; at least 16 characters).

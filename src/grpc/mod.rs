@@ -2,6 +2,7 @@
 //! maps errors to `tonic::Status` (leaking no internals).
 
 pub mod admin;
+pub mod ext_authz;
 pub mod validator;
 
 use sha2::{Digest, Sha256};

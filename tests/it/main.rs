@@ -4,6 +4,7 @@
 mod admin;
 mod bad_input;
 mod cli;
+mod ext_authz;
 mod helpers;
 mod introspection;
 mod lifecycle;
