@@ -22,12 +22,14 @@
 //! - [`config`]: flags and `NAVIS_AUTH_*` environment, parsed once
 //! - [`server`]: wiring, serving and graceful shutdown
 //! - [`cli`]: the client subcommands
+//! - [`client`]: a Rust client and `tower` layer for API and MCP servers
 //! - [`pb`]: generated code
 
 pub mod admin;
 pub mod cache;
 pub mod challenge;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod grpc;

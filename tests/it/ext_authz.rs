@@ -281,3 +281,34 @@ async fn store_unavailable_is_an_explicit_503() {
     assert_eq!((d.grpc_code, d.http), (14, 503));
     assert_eq!(d.body["error"], "temporarily_unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refused() {
+    let s = TestServer::start().await;
+    let key = s
+        .admin()
+        .await
+        .create_api_key(pb::CreateApiKeyRequest {
+            subject: "alice".into(),
+            scopes: vec!["mcp:read".into()],
+            ttl_seconds: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key;
+    let envoy = AuthorizationClient::new(channel(s.validator_addr).await);
+    let bearer = format!("Bearer {key}");
+    let expired = crate::helpers::eventually(std::time::Duration::from_secs(4), || {
+        let mut e = envoy.clone();
+        let req = check(&[("authorization", &bearer)], "mcp:read", None, "x");
+        async move {
+            let r = e.check(req).await.unwrap().into_inner();
+            matches!(&r.http_response, Some(HttpResponse::DeniedResponse(_)))
+                && denied(&r).body["error_description"] == "The token has expired"
+        }
+    })
+    .await;
+    assert!(expired, "a 1 s key is refused as expired within 4 s");
+}

@@ -8,6 +8,10 @@ mod ext_authz;
 mod helpers;
 mod introspection;
 mod lifecycle;
+#[path = "../../examples/mcp_server.rs"]
+#[allow(dead_code)]
+mod mcp_example;
+mod middleware;
 mod observability;
 mod proxy;
 mod redis;
