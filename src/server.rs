@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::{HealthReporter, HealthService};
 
@@ -304,7 +304,6 @@ impl App {
             Arc::clone(&metrics),
         );
         let grpc = Server::builder()
-            .tcp_nodelay(true)
             .add_service(health_server())
             .add_service(reflection()?)
             .add_service(validator_svc.into_server())
@@ -317,12 +316,12 @@ impl App {
                 )
                 .into_server(),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
+            .serve_with_incoming_shutdown(incoming(listeners.grpc), stopped());
         let admin = Server::builder()
             .add_service(health_server())
             .add_service(reflection()?)
             .add_service(AdminService::new(tokens).into_server(admin_auth))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.admin), stopped());
+            .serve_with_incoming_shutdown(incoming(listeners.admin), stopped());
         let readiness = Arc::new(Readiness::new(store.clone(), lease));
         let scrape = http::Scrape {
             metrics: Arc::clone(&metrics),
@@ -409,6 +408,13 @@ impl App {
             _ => Ok(()),
         }
     }
+}
+
+/// A bound listener as tonic's incoming stream, with TCP_NODELAY on every accepted connection
+/// (`Server::tcp_nodelay` only applies to listeners tonic binds itself; without it small
+/// answers wait for Nagle's algorithm: ~40 ms p99 under load, found by the load harness).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 const VALIDATOR: &str = "navis.auth.v1.Validator";

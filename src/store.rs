@@ -112,6 +112,35 @@ pub enum RefreshRefusal {
     ScopeWidened,
 }
 
+/// Where a presented refresh token stands, checked in the same order by every store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshState {
+    /// Not spent, not revoked, not expired: it may be spent.
+    Usable,
+    /// Spent before: reuse, so its grant must be revoked.
+    Reused,
+    /// Refused without side effects.
+    Refused(RefreshRefusal),
+}
+
+impl RefreshState {
+    /// Classifies a refresh token's record at `now`.
+    pub fn of(r: &TokenRecord, now: i64) -> Self {
+        use crate::token::TokenKind;
+        if r.kind != TokenKind::OAuthRefresh {
+            RefreshState::Refused(RefreshRefusal::Unknown)
+        } else if r.is_revoked() {
+            RefreshState::Refused(RefreshRefusal::Revoked)
+        } else if r.spent_at != 0 {
+            RefreshState::Reused
+        } else if r.is_expired(now) {
+            RefreshState::Refused(RefreshRefusal::Expired)
+        } else {
+            RefreshState::Usable
+        }
+    }
+}
+
 /// Builds the successor records of a refresh token from its record, inside the store's
 /// transaction; refusing leaves everything unchanged.
 pub type Successors =
@@ -124,6 +153,19 @@ pub struct ListPage {
     pub records: Vec<TokenRecord>,
     /// The token id to continue after, when there is more.
     pub next: Option<String>,
+}
+
+impl ListPage {
+    /// Adds `r`, or, when the page already holds `limit` records, notes where the next page
+    /// starts and returns false (the page is complete).
+    pub fn offer(&mut self, r: TokenRecord, limit: usize) -> bool {
+        if self.records.len() == limit {
+            self.next = self.records.last().map(|r| r.token_id.clone());
+            return false;
+        }
+        self.records.push(r);
+        true
+    }
 }
 
 /// A query for [`TokenStore::list`].
@@ -141,6 +183,14 @@ pub struct ListQuery {
     pub limit: usize,
     /// Now, to tell expired tokens.
     pub now: i64,
+}
+
+impl ListQuery {
+    /// Whether a record of the subject belongs in the answer (client filter, activity).
+    pub fn matches(&self, r: &TokenRecord) -> bool {
+        (self.client_id.is_empty() || r.client_id == self.client_id)
+            && (self.include_inactive || r.is_active(self.now))
+    }
 }
 
 /// Where token records live. Implementations: [`embedded::EmbeddedStore`] (one process, durable

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::{
-    Changed, ListPage, ListQuery, RefreshRefusal, RevokeTarget, SpendOutcome, StoreError,
-    StoreFuture, Successors, TokenStore,
+    Changed, ListPage, ListQuery, RefreshRefusal, RefreshState, RevokeTarget, SpendOutcome,
+    StoreError, StoreFuture, Successors, TokenStore,
 };
 use crate::record::TokenRecord;
 use crate::token::{TokenHash, TokenKind};
@@ -347,18 +347,13 @@ impl TokenStore for EmbeddedStore {
             let Some(mut old) = t.get(&hash)? else {
                 return Ok(SpendOutcome::Refused(RefreshRefusal::Unknown));
             };
-            if old.kind != TokenKind::OAuthRefresh {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Unknown));
-            }
-            if old.is_revoked() {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Revoked));
-            }
-            if old.spent_at != 0 {
-                let revoked = t.revoke(RevokeTarget::GrantId(old.grant_id.clone()), now)?;
-                return Ok(SpendOutcome::Reused { revoked });
-            }
-            if old.is_expired(now) {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Expired));
+            match RefreshState::of(&old, now) {
+                RefreshState::Usable => {}
+                RefreshState::Refused(r) => return Ok(SpendOutcome::Refused(r)),
+                RefreshState::Reused => {
+                    let revoked = t.revoke(RevokeTarget::GrantId(old.grant_id.clone()), now)?;
+                    return Ok(SpendOutcome::Reused { revoked });
+                }
             }
             let issued = match successors(&old) {
                 Ok(v) => v,
@@ -411,17 +406,9 @@ impl TokenStore for EmbeddedStore {
                     continue;
                 };
                 let r = TokenRecord::decode(v.value()).map_err(corrupt)?;
-                if !q.client_id.is_empty() && r.client_id != q.client_id {
-                    continue;
-                }
-                if !q.include_inactive && !r.is_active(q.now) {
-                    continue;
-                }
-                if page.records.len() == q.limit {
-                    page.next = page.records.last().map(|r| r.token_id.clone());
+                if q.matches(&r) && !page.offer(r, q.limit) {
                     break;
                 }
-                page.records.push(r);
             }
             Ok(page)
         })

@@ -23,8 +23,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Changed, ListPage, ListQuery, RefreshRefusal, RevokeTarget, SpendOutcome, StoreError,
-    StoreFuture, Successors, TokenStore,
+    Changed, ListPage, ListQuery, RefreshRefusal, RefreshState, RevokeTarget, SpendOutcome,
+    StoreError, StoreFuture, Successors, TokenStore,
 };
 use crate::record::TokenRecord;
 use crate::token::{TokenHash, TokenKind};
@@ -528,17 +528,10 @@ impl TokenStore for RedisStore {
                     .await?;
                 Ok(SpendOutcome::Reused { revoked })
             };
-            if old.kind != TokenKind::OAuthRefresh {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Unknown));
-            }
-            if old.is_revoked() {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Revoked));
-            }
-            if old.spent_at != 0 {
-                return reuse(c, old.grant_id.clone()).await;
-            }
-            if old.is_expired(now) {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Expired));
+            match RefreshState::of(&old, now) {
+                RefreshState::Usable => {}
+                RefreshState::Refused(r) => return Ok(SpendOutcome::Refused(r)),
+                RefreshState::Reused => return reuse(c, old.grant_id.clone()).await,
             }
             let issued = match successors(&old) {
                 Ok(v) => v,
@@ -620,17 +613,9 @@ impl TokenStore for RedisStore {
                         stale.push(id.clone());
                         continue;
                     };
-                    if !q.client_id.is_empty() && r.client_id != q.client_id {
-                        continue;
-                    }
-                    if !q.include_inactive && !r.is_active(q.now) {
-                        continue;
-                    }
-                    if page.records.len() == q.limit {
-                        page.next = page.records.last().map(|r| r.token_id.clone());
+                    if q.matches(&r) && !page.offer(r, q.limit) {
                         return Ok(page);
                     }
-                    page.records.push(r);
                 }
                 if !stale.is_empty() {
                     // Expired tokens leave their id behind in the index: tidy up.

@@ -260,52 +260,14 @@ pub fn unknown_token(kind: navis_auth::token::TokenKind) -> String {
         .into_exposed()
 }
 
-/// A plain HTTP/1.0 GET (no chunked bodies to undo): (status, body); status 0 when nothing
-/// answers (a server still starting).
-pub async fn http_get_at(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut buf = Vec::new();
-    if s.write_all(req.as_bytes()).await.is_err() || s.read_to_end(&mut buf).await.is_err() {
-        return (0, String::new());
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
-}
-
-/// A plain HTTP/1.0 POST: (status, headers, body).
-pub async fn http_post_at(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
+/// Sends one raw HTTP/1.0 request (no chunked bodies to undo): (status, lowercased head,
+/// body); status 0 when nothing answers (a server still starting).
+async fn exchange(addr: SocketAddr, raw: String) -> (u16, String, String) {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new(), String::new());
     };
-    let mut req = format!(
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
     let mut buf = Vec::new();
-    if s.write_all(req.as_bytes()).await.is_err() || s.read_to_end(&mut buf).await.is_err() {
+    if s.write_all(raw.as_bytes()).await.is_err() || s.read_to_end(&mut buf).await.is_err() {
         return (0, String::new(), String::new());
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -316,4 +278,33 @@ pub async fn http_post_at(
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// A plain HTTP GET: (status, body).
+pub async fn http_get_at(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = exchange(
+        addr,
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
+    )
+    .await;
+    (status, body)
+}
+
+/// A plain HTTP POST: (status, lowercased head, body).
+pub async fn http_post_at(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut req = format!(
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    exchange(addr, req).await
 }
