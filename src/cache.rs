@@ -2,10 +2,12 @@
 //! negative entries (no such token), flushed by generation, invalidated by token hash.
 //!
 //! Shaped for the hot path (README "Hot path"): 128 shards, each a fixed open-addressing table of
-//! 64-byte, cache-line-aligned slots under an `RwLock`. A slot holds a 16-byte key (half of the
-//! token's SHA-256), the facts every decision needs inline (kind, revoked, expiry, interned scope
-//! set and resource), and a pointer to the response body, so a hit costs one probe into one
-//! cache line and the decision runs under the read lock without touching shared reference counts.
+//! 128-byte, 128-byte-aligned slots under an `RwLock`. A slot holds a 16-byte key (half of the
+//! token's SHA-256), the facts every decision needs (kind, revoked, expiry, last-used mark) and,
+//! for any record whose ids, resource and scopes fit in [`INLINE`] bytes, the whole response
+//! text. A hit therefore reads one slot — two adjacent cache lines fetched together — checks
+//! scopes and resource against that text, and copies it out: no pointer to chase, no shared
+//! reference count touched. Longer records keep their text behind one `Arc` (one more miss).
 //! Lookups probe at most [`WINDOW`] slots; a full window evicts a pseudo-random slot in it.
 //!
 //! The cache never decides on its own whether a token is valid: the validator checks every hit
@@ -14,8 +16,8 @@
 //! happened since.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -30,67 +32,131 @@ const SHARDS: usize = 128;
 const SLOTS_PER_ENTRY_NUM: usize = 10;
 const SLOTS_PER_ENTRY_DEN: usize = 7;
 
-/// What a response needs about a known token, in one allocation.
-#[derive(Debug)]
-pub struct Granted {
-    /// token id, subject, client id, resource, scopes (space separated), back to back.
-    text: Box<str>,
-    ends: [u16; 5],
-    kind: TokenKind,
-    expires_at: i64,
-    last_used_mark: AtomicI64,
+/// Bytes of response text a cache slot holds inline (token id, subject, client id, resource
+/// and scopes back to back). Records with more text keep it behind one shared pointer instead.
+pub const INLINE: usize = 80;
+
+/// The response text of a known token: inline when it fits, shared otherwise.
+#[derive(Clone, Debug)]
+enum Body {
+    /// `ends[i]` is where part `i` ends in `text`.
+    Inline {
+        ends: [u8; 5],
+        text: [u8; INLINE],
+    },
+    Shared(Arc<Shared>),
 }
 
-impl Granted {
-    fn new(r: &TokenRecord) -> Self {
+#[derive(Debug)]
+struct Shared {
+    /// token id, subject, client id, resource, scopes (space separated), back to back.
+    text: Box<str>,
+    ends: [u32; 5],
+    scopes: ScopeSet,
+}
+
+const SCOPES: usize = 4;
+const RESOURCE: usize = 3;
+
+impl Body {
+    fn of(r: &TokenRecord) -> Self {
         let scopes = r.scopes.to_string();
-        let parts = [&r.token_id, &r.subject, &r.client_id, &r.resource, &scopes];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u16; 5];
+        let parts: [&str; 5] = [&r.token_id, &r.subject, &r.client_id, &r.resource, &scopes];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= INLINE {
+            let mut text = [0u8; INLINE];
+            let mut ends = [0u8; 5];
+            let mut at = 0;
+            for (end, p) in ends.iter_mut().zip(parts) {
+                text[at..at + p.len()].copy_from_slice(p.as_bytes());
+                at += p.len();
+                // `at <= INLINE < 256`.
+                *end = u8::try_from(at).unwrap_or(u8::MAX);
+            }
+            return Body::Inline { ends, text };
+        }
+        let mut text = String::with_capacity(total);
+        let mut ends = [0u32; 5];
         for (end, p) in ends.iter_mut().zip(parts) {
             text.push_str(p);
             // Every part is bounded at creation (ids 256 B, resource 2 KiB, scopes 64 × 128 B).
-            *end = u16::try_from(text.len()).unwrap_or(u16::MAX);
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
         }
-        Granted {
+        Body::Shared(Arc::new(Shared {
             text: text.into_boxed_str(),
             ends,
-            kind: r.kind,
-            expires_at: r.expires_at,
-            last_used_mark: AtomicI64::new(r.last_used_at),
+            scopes: r.scopes.clone(),
+        }))
+    }
+
+    /// Part `i` as bytes (the hot path compares bytes; no UTF-8 check).
+    #[inline]
+    fn part_bytes(&self, i: usize) -> &[u8] {
+        match self {
+            Body::Inline { ends, text } => {
+                let start = if i == 0 { 0 } else { usize::from(ends[i - 1]) };
+                text.get(start..usize::from(ends[i])).unwrap_or_default()
+            }
+            Body::Shared(s) => {
+                let start = if i == 0 { 0 } else { s.ends[i - 1] as usize };
+                s.text
+                    .as_bytes()
+                    .get(start..s.ends[i] as usize)
+                    .unwrap_or_default()
+            }
         }
     }
 
+    /// Part `i` as text. Parts were copied whole from `&str`s, so this never fails.
     fn part(&self, i: usize) -> &str {
-        let start = if i == 0 {
-            0
-        } else {
-            usize::from(self.ends[i - 1])
-        };
-        self.text
-            .get(start..usize::from(self.ends[i]))
-            .unwrap_or_default()
+        std::str::from_utf8(self.part_bytes(i)).unwrap_or_default()
     }
 
+    /// Whether the token holds every scope of `required`.
+    #[inline]
+    fn holds_all(&self, required: &[String]) -> bool {
+        match self {
+            Body::Inline { .. } => {
+                let held = self.part_bytes(SCOPES);
+                required.iter().all(|r| {
+                    held.split(|&b| b == b' ')
+                        .any(|s| !s.is_empty() && s == r.as_bytes())
+                })
+            }
+            Body::Shared(s) => s.scopes.contains_all(required),
+        }
+    }
+}
+
+/// What a response needs about a known token. Owned: a cache hit copies the slot's inline text
+/// (one cache line it has just read) instead of sharing a reference count across cores.
+#[derive(Clone, Debug)]
+pub struct Granted {
+    body: Body,
+    kind: TokenKind,
+    expires_at: i64,
+}
+
+impl Granted {
     /// Public token id.
     pub fn token_id(&self) -> &str {
-        self.part(0)
+        self.body.part(0)
     }
     /// Who the token acts for.
     pub fn subject(&self) -> &str {
-        self.part(1)
+        self.body.part(1)
     }
     /// OAuth client; empty for API keys.
     pub fn client_id(&self) -> &str {
-        self.part(2)
+        self.body.part(2)
     }
     /// Bound resource; empty = any.
     pub fn resource(&self) -> &str {
-        self.part(3)
+        self.body.part(RESOURCE)
     }
     /// Held scopes, sorted.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.part(4).split(' ').filter(|s| !s.is_empty())
+        self.body.part(SCOPES).split(' ').filter(|s| !s.is_empty())
     }
     /// Token kind.
     pub fn kind(&self) -> TokenKind {
@@ -100,17 +166,26 @@ impl Granted {
     pub fn expires_at(&self) -> i64 {
         self.expires_at
     }
-
-    /// Claims the right to queue a `last_used_at` update at `now`, at most once per `every`
-    /// seconds per token. Lock-free; exactly one concurrent caller wins.
-    pub fn claim_touch(&self, now: i64, every: i64) -> bool {
-        let prev = self.last_used_mark.load(Ordering::Relaxed);
-        now - prev >= every
-            && self
-                .last_used_mark
-                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+    /// Whether the text is held inline (no pointer to follow).
+    pub fn is_inline(&self) -> bool {
+        matches!(self.body, Body::Inline { .. })
     }
+}
+
+/// Unix seconds as the 32-bit mark slots keep (good until 2106).
+fn mark(unix: i64) -> u32 {
+    u32::try_from(unix.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Claims the right to queue a `last_used_at` update at `now`, at most once per `every` seconds
+/// per token. Lock-free; exactly one concurrent caller wins.
+fn claim(touched: &AtomicU32, now: i64, every: i64) -> bool {
+    let prev = touched.load(Ordering::Relaxed);
+    let now = mark(now);
+    i64::from(now) - i64::from(prev) >= every
+        && touched
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// The facts a decision reads, borrowed from a slot or an [`Entry`].
@@ -122,35 +197,82 @@ pub struct View<'a> {
     pub revoked: bool,
     /// Unix seconds; 0 = never.
     pub expires_at: i64,
-    /// Held scopes.
-    pub scopes: &'a ScopeSet,
-    /// Bound resource; empty = any.
-    pub resource: &'a str,
-    /// The response body.
-    pub body: &'a Arc<Granted>,
+    body: &'a Body,
+    touched: &'a AtomicU32,
 }
 
-/// A store record turned into cache form (scopes and resource interned).
-#[derive(Clone, Debug)]
+impl View<'_> {
+    /// Bound resource as bytes; empty = any.
+    #[inline]
+    pub fn resource(&self) -> &[u8] {
+        self.body.part_bytes(RESOURCE)
+    }
+
+    /// Whether the token holds every scope of `required`.
+    #[inline]
+    pub fn holds_all(&self, required: &[String]) -> bool {
+        self.body.holds_all(required)
+    }
+
+    /// Claims the right to queue a `last_used_at` update at `now` (once per `every` seconds).
+    #[inline]
+    pub fn claim_touch(&self, now: i64, every: i64) -> bool {
+        claim(self.touched, now, every)
+    }
+
+    /// An owned copy of what the response needs.
+    #[inline]
+    pub fn grant(&self) -> Granted {
+        Granted {
+            body: self.body.clone(),
+            kind: self.kind,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A store record turned into cache form.
+#[derive(Debug)]
 pub struct Entry {
     kind: TokenKind,
     revoked: bool,
     expires_at: i64,
-    scopes: Arc<ScopeSet>,
-    resource: Option<Arc<str>>,
-    body: Arc<Granted>,
+    body: Body,
+    touched: AtomicU32,
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry {
+            kind: self.kind,
+            revoked: self.revoked,
+            expires_at: self.expires_at,
+            body: self.body.clone(),
+            touched: AtomicU32::new(self.touched.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Entry {
+    /// Cache form of a store record.
+    pub fn new(r: &TokenRecord) -> Self {
+        Entry {
+            kind: r.kind,
+            revoked: r.is_revoked(),
+            expires_at: r.expires_at,
+            body: Body::of(r),
+            touched: AtomicU32::new(mark(r.last_used_at)),
+        }
+    }
+
     /// The decision view of this entry.
     pub fn view(&self) -> View<'_> {
         View {
             kind: self.kind,
             revoked: self.revoked,
             expires_at: self.expires_at,
-            scopes: &self.scopes,
-            resource: self.resource.as_deref().unwrap_or(""),
             body: &self.body,
+            touched: &self.touched,
         }
     }
 }
@@ -175,39 +297,130 @@ const TOMBSTONE: u8 = 1;
 const FOUND: u8 = 2;
 const ABSENT: u8 = 3;
 
+const TEXT_WORDS: usize = INLINE / 8;
+/// Tries a reader makes before treating a slot under constant rewriting as a miss.
+const READ_TRIES: usize = 4;
+
+/// One cache entry in two adjacent cache lines (the pair the CPU's adjacent-line prefetcher
+/// fetches together): key, decision facts, last-used mark and, for most tokens, the whole
+/// response text.
+///
+/// Readers take no lock and write nothing: every field is an atomic word read with plain loads,
+/// and `seq` (a per-slot sequence lock) tells them whether what they read is one consistent
+/// version. Writers hold their shard's lock, make `seq` odd, write, and make it even again. So two
+/// cores validating at once never bounce a lock's cache line between them.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct Slot {
-    key: u128,
-    generation: u32,
-    state: u8,
-    kind: u8,
-    revoked: bool,
+    /// Even: stable. Odd: a writer is changing the slot.
+    seq: AtomicU32,
+    /// Unix seconds of the last queued `last_used_at` update.
+    touched: AtomicU32,
+    key_lo: AtomicU64,
+    key_hi: AtomicU64,
+    /// generation (bits 0–31), state (32–39), kind (40–47), revoked (48), shared body (49).
+    meta: AtomicU64,
     /// FOUND: token expiry (unix s, 0 = never). ABSENT: monotonic deadline (ns).
+    expires_at: AtomicI64,
+    /// Where each of the five inline text parts ends, a byte each.
+    ends: AtomicU64,
+    text: [AtomicU64; TEXT_WORDS],
+}
+
+/// What a reader copied out of a slot.
+struct Snapshot {
+    meta: u64,
     expires_at: i64,
-    scopes: Option<Arc<ScopeSet>>,
-    resource: Option<Arc<str>>,
-    body: Option<Arc<Granted>>,
+    ends: u64,
+    text: [u64; TEXT_WORDS],
+}
+
+const REVOKED_BIT: u64 = 1 << 48;
+const SHARED_BIT: u64 = 1 << 49;
+
+fn meta_state(meta: u64) -> u8 {
+    (meta >> 32) as u8
+}
+
+impl Slot {
+    /// The slot's state and key, read without the sequence check (enough to skip a slot: a torn
+    /// read at worst turns a hit into a miss, and a miss asks the store).
+    #[inline]
+    fn peek(&self) -> (u8, u128) {
+        let meta = self.meta.load(Ordering::Relaxed);
+        let key = u128::from(self.key_lo.load(Ordering::Relaxed))
+            | (u128::from(self.key_hi.load(Ordering::Relaxed)) << 64);
+        (meta_state(meta), key)
+    }
+
+    /// A consistent copy of the slot if it still holds `key`.
+    #[inline]
+    fn read(&self, key: u128) -> Option<Snapshot> {
+        for _ in 0..READ_TRIES {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let key_lo = self.key_lo.load(Ordering::Relaxed);
+            let key_hi = self.key_hi.load(Ordering::Relaxed);
+            let snap = Snapshot {
+                meta: self.meta.load(Ordering::Relaxed),
+                expires_at: self.expires_at.load(Ordering::Relaxed),
+                ends: self.ends.load(Ordering::Relaxed),
+                text: std::array::from_fn(|i| self.text[i].load(Ordering::Relaxed)),
+            };
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                let same = u128::from(key_lo) | (u128::from(key_hi) << 64) == key;
+                return same.then_some(snap);
+            }
+        }
+        None
+    }
+
+    /// Rewrites the slot; the caller holds the shard's write lock.
+    fn write(&self, key: u128, meta: u64, expires_at: i64, touched: u32, inline: Option<&Body>) {
+        let q = self.seq.load(Ordering::Relaxed);
+        self.seq.store(q.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.key_lo.store(key as u64, Ordering::Relaxed);
+        self.key_hi.store((key >> 64) as u64, Ordering::Relaxed);
+        self.meta.store(meta, Ordering::Relaxed);
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+        self.touched.store(touched, Ordering::Relaxed);
+        if let Some(Body::Inline { ends, text }) = inline {
+            let mut e = [0u8; 8];
+            e[..5].copy_from_slice(ends);
+            self.ends.store(u64::from_le_bytes(e), Ordering::Relaxed);
+            for (w, chunk) in self.text.iter().zip(text.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+            }
+        }
+        self.seq.store(q.wrapping_add(2), Ordering::Release);
+    }
+}
+
+/// What a shard's writers share: the lock that orders them, the count of live slots, and the
+/// bodies too long to inline (read under the same lock, off the common path).
+#[derive(Debug, Default)]
+struct Writers {
+    used: usize,
+    shared: HashMap<u128, Arc<Shared>>,
 }
 
 #[derive(Debug)]
-struct Table {
-    slots: Vec<Slot>,
-    used: usize,
+#[repr(align(128))]
+struct Shard {
+    slots: Box<[Slot]>,
+    writers: RwLock<Writers>,
 }
-
-/// Interns scope sets and resources so slots share them (filled on the miss path only).
-#[derive(Debug, Default)]
-struct Interner {
-    scopes: HashMap<ScopeSet, Arc<ScopeSet>>,
-    resources: HashMap<String, Arc<str>>,
-}
-
-const INTERN_MAX: usize = 100_000;
 
 /// The sharded cache.
 pub struct Cache {
-    shards: Box<[RwLock<Table>]>,
+    shards: Box<[Shard]>,
     generation: AtomicU64,
     /// Bumped by every invalidation and flush; fills compare it (see [`FillTicket`]).
     seq: AtomicU64,
@@ -216,7 +429,6 @@ pub struct Cache {
     k0: u64,
     k1: u64,
     evictions: AtomicU64,
-    interner: Mutex<Interner>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -256,6 +468,14 @@ fn kind_from(c: u8) -> TokenKind {
     }
 }
 
+fn write_lock(l: &RwLock<Writers>) -> std::sync::RwLockWriteGuard<'_, Writers> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_lock(l: &RwLock<Writers>) -> std::sync::RwLockReadGuard<'_, Writers> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Cache {
     /// A cache for about `capacity` tokens, negative entries kept `negative_ttl`, reading time
     /// from `clock`.
@@ -263,10 +483,9 @@ impl Cache {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         let slots = (per_shard * SLOTS_PER_ENTRY_NUM / SLOTS_PER_ENTRY_DEN).max(WINDOW);
         let shards = (0..SHARDS)
-            .map(|_| {
-                let mut v = Vec::new();
-                v.resize_with(slots, Slot::default);
-                RwLock::new(Table { slots: v, used: 0 })
+            .map(|_| Shard {
+                slots: (0..slots).map(|_| Slot::default()).collect(),
+                writers: RwLock::new(Writers::default()),
             })
             .collect();
         let mut keys = [0u8; 16];
@@ -283,7 +502,6 @@ impl Cache {
             k0: u64::from_le_bytes(a.try_into().unwrap_or([1; 8])) | 1,
             k1: u64::from_le_bytes(b.try_into().unwrap_or([3; 8])) | 1,
             evictions: AtomicU64::new(0),
-            interner: Mutex::new(Interner::default()),
         }
     }
 
@@ -301,38 +519,62 @@ impl Cache {
         ((u128::from(h as u32 as u64) * n as u128) >> 32) as usize
     }
 
-    /// Looks a token up; on a positive entry runs `f` on it under the read lock (so nothing is
-    /// cloned unless `f` clones it).
+    /// Looks a token up without taking a lock; on a positive entry runs `f` on a consistent copy
+    /// of it.
     #[inline]
     pub fn lookup<R>(&self, hash: &TokenHash, f: impl FnOnce(View<'_>) -> R) -> Probe<R> {
         let key = key_of(hash);
         let (shard, h) = self.place(key);
         let generation = self.generation.load(Ordering::Acquire) as u32;
-        let table = self.shards[shard].read().unwrap_or_else(|p| p.into_inner());
-        let n = table.slots.len();
+        let shard = &self.shards[shard];
+        let n = shard.slots.len();
         let mut i = Self::home(h, n);
         for _ in 0..WINDOW.min(n) {
-            let s = &table.slots[i];
-            if s.state == EMPTY {
+            let slot = &shard.slots[i];
+            let (state, k) = slot.peek();
+            if state == EMPTY {
                 return Probe::Miss;
             }
-            if s.key == key && s.state != TOMBSTONE {
-                if s.generation != generation {
+            if k == key && state != TOMBSTONE {
+                let Some(snap) = slot.read(key) else {
+                    return Probe::Miss;
+                };
+                if snap.meta as u32 != generation {
                     return Probe::Miss;
                 }
-                if s.state == ABSENT {
-                    let live = self.clock.mono_nanos() < s.expires_at as u64;
-                    return if live { Probe::Absent } else { Probe::Miss };
-                }
-                return match (&s.scopes, &s.body) {
-                    (Some(scopes), Some(body)) => Probe::Hit(f(View {
-                        kind: kind_from(s.kind),
-                        revoked: s.revoked,
-                        expires_at: s.expires_at,
-                        scopes,
-                        resource: s.resource.as_deref().unwrap_or(""),
-                        body,
-                    })),
+                return match meta_state(snap.meta) {
+                    ABSENT => {
+                        if self.clock.mono_nanos() < snap.expires_at as u64 {
+                            Probe::Absent
+                        } else {
+                            Probe::Miss
+                        }
+                    }
+                    FOUND => {
+                        let body = if snap.meta & SHARED_BIT == 0 {
+                            let mut text = [0u8; INLINE];
+                            for (chunk, w) in text.chunks_exact_mut(8).zip(snap.text) {
+                                chunk.copy_from_slice(&w.to_le_bytes());
+                            }
+                            let e = snap.ends.to_le_bytes();
+                            Body::Inline {
+                                ends: [e[0], e[1], e[2], e[3], e[4]],
+                                text,
+                            }
+                        } else {
+                            match read_lock(&shard.writers).shared.get(&key) {
+                                Some(s) => Body::Shared(Arc::clone(s)),
+                                None => return Probe::Miss,
+                            }
+                        };
+                        Probe::Hit(f(View {
+                            kind: kind_from((snap.meta >> 40) as u8),
+                            revoked: snap.meta & REVOKED_BIT != 0,
+                            expires_at: snap.expires_at,
+                            body: &body,
+                            touched: &slot.touched,
+                        }))
+                    }
                     _ => Probe::Miss,
                 };
             }
@@ -344,35 +586,9 @@ impl Cache {
         Probe::Miss
     }
 
-    /// Turns a store record into cache form, interning its scope set and resource.
+    /// Turns a store record into cache form.
     pub fn entry(&self, r: &TokenRecord) -> Entry {
-        let mut interner = self.interner.lock().unwrap_or_else(|p| p.into_inner());
-        if interner.scopes.len() + interner.resources.len() > INTERN_MAX {
-            *interner = Interner::default();
-        }
-        let scopes = Arc::clone(
-            interner
-                .scopes
-                .entry(r.scopes.clone())
-                .or_insert_with(|| Arc::new(r.scopes.clone())),
-        );
-        let resource = (!r.resource.is_empty()).then(|| {
-            Arc::clone(
-                interner
-                    .resources
-                    .entry(r.resource.clone())
-                    .or_insert_with(|| Arc::from(r.resource.as_str())),
-            )
-        });
-        drop(interner);
-        Entry {
-            kind: r.kind,
-            revoked: r.is_revoked(),
-            expires_at: r.expires_at,
-            scopes,
-            resource,
-            body: Arc::new(Granted::new(r)),
-        }
+        Entry::new(r)
     }
 
     /// Takes a ticket before reading the store for a fill.
@@ -390,9 +606,8 @@ impl Cache {
     pub fn fill(&self, ticket: FillTicket, hash: TokenHash, found: Option<&Entry>) -> bool {
         let key = key_of(&hash);
         let (shard, h) = self.place(key);
-        let mut table = self.shards[shard]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let shard = &self.shards[shard];
+        let mut writers = write_lock(&shard.writers);
         // Checked under the shard lock: an invalidation bumps `seq` before it takes this lock
         // to remove entries, so either we see the bump here, or it removes what we insert.
         if self.is_stale(ticket) {
@@ -400,24 +615,26 @@ impl Cache {
         }
         let generation = self.generation.load(Ordering::Acquire) as u32;
         let now = self.clock.mono_nanos();
-        let n = table.slots.len();
+        let n = shard.slots.len();
         let home = Self::home(h, n);
         let mut target = None;
         let mut free = None;
         for d in 0..WINDOW.min(n) {
             let i = (home + d) % n;
-            let s = &table.slots[i];
-            if s.state == EMPTY {
+            let s = &shard.slots[i];
+            let meta = s.meta.load(Ordering::Relaxed);
+            let (state, k) = s.peek();
+            if state == EMPTY {
                 free.get_or_insert(i);
                 break;
             }
-            if s.key == key && s.state != TOMBSTONE {
+            if k == key && state != TOMBSTONE {
                 target = Some(i);
                 break;
             }
-            let reusable = s.state == TOMBSTONE
-                || s.generation != generation
-                || (s.state == ABSENT && s.expires_at as u64 <= now);
+            let reusable = state == TOMBSTONE
+                || meta as u32 != generation
+                || (state == ABSENT && s.expires_at.load(Ordering::Relaxed) as u64 <= now);
             if reusable {
                 free.get_or_insert(i);
             }
@@ -429,30 +646,33 @@ impl Cache {
                 (home + (h >> 40) as usize % WINDOW.min(n)) % n
             }
         };
-        let was_live = matches!(table.slots[i].state, FOUND | ABSENT);
-        table.slots[i] = match found {
-            Some(e) => Slot {
-                key,
-                generation,
-                state: FOUND,
-                kind: kind_code(e.kind),
-                revoked: e.revoked,
-                expires_at: e.expires_at,
-                scopes: Some(Arc::clone(&e.scopes)),
-                resource: e.resource.clone(),
-                body: Some(Arc::clone(&e.body)),
-            },
-            None => Slot {
-                key,
-                generation,
-                state: ABSENT,
-                expires_at: i64::try_from(now.saturating_add(self.negative_ttl_nanos))
-                    .unwrap_or(i64::MAX),
-                ..Slot::default()
-            },
-        };
-        if !was_live {
-            table.used += 1;
+        let slot = &shard.slots[i];
+        let (old_state, old_key) = slot.peek();
+        if slot.meta.load(Ordering::Relaxed) & SHARED_BIT != 0 {
+            writers.shared.remove(&old_key);
+        }
+        let base = u64::from(generation);
+        match found {
+            Some(e) => {
+                let mut meta = base
+                    | u64::from(FOUND) << 32
+                    | u64::from(kind_code(e.kind)) << 40
+                    | if e.revoked { REVOKED_BIT } else { 0 };
+                if let Body::Shared(s) = &e.body {
+                    meta |= SHARED_BIT;
+                    writers.shared.insert(key, Arc::clone(s));
+                }
+                let touched = e.touched.load(Ordering::Relaxed);
+                slot.write(key, meta, e.expires_at, touched, Some(&e.body));
+            }
+            None => {
+                let deadline =
+                    i64::try_from(now.saturating_add(self.negative_ttl_nanos)).unwrap_or(i64::MAX);
+                slot.write(key, base | u64::from(ABSENT) << 32, deadline, 0, None);
+            }
+        }
+        if !matches!(old_state, FOUND | ABSENT) {
+            writers.used += 1;
         }
         true
     }
@@ -463,23 +683,23 @@ impl Cache {
         for hash in hashes {
             let key = key_of(&hash);
             let (shard, h) = self.place(key);
-            let mut table = self.shards[shard]
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            let n = table.slots.len();
+            let shard = &self.shards[shard];
+            let mut writers = write_lock(&shard.writers);
+            let n = shard.slots.len();
             let home = Self::home(h, n);
             for d in 0..WINDOW.min(n) {
                 let i = (home + d) % n;
-                let s = &table.slots[i];
-                if s.state == EMPTY {
+                let s = &shard.slots[i];
+                let (state, k) = s.peek();
+                if state == EMPTY {
                     break;
                 }
-                if s.key == key && s.state != TOMBSTONE {
-                    table.slots[i] = Slot {
-                        state: TOMBSTONE,
-                        ..Slot::default()
-                    };
-                    table.used -= 1;
+                if k == key && state != TOMBSTONE {
+                    if s.meta.load(Ordering::Relaxed) & SHARED_BIT != 0 {
+                        writers.shared.remove(&key);
+                    }
+                    s.write(0, u64::from(TOMBSTONE) << 32, 0, 0, None);
+                    writers.used -= 1;
                     break;
                 }
             }
@@ -494,10 +714,7 @@ impl Cache {
 
     /// Slots in use (entries of older generations included until reused).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).used)
-            .sum()
+        self.shards.iter().map(|s| read_lock(&s.writers).used).sum()
     }
 
     /// Whether the cache holds nothing.
@@ -541,7 +758,7 @@ mod tests {
     }
 
     fn hit(c: &Cache, h: &TokenHash) -> Option<String> {
-        match c.lookup(h, |v| v.body.token_id().to_owned()) {
+        match c.lookup(h, |v| v.grant().token_id().to_owned()) {
             Probe::Hit(id) => Some(id),
             _ => None,
         }
@@ -555,15 +772,17 @@ mod tests {
         let e = c.entry(&rec(1));
         assert!(c.fill(c.ticket(), h, Some(&e)));
         let facts = c.lookup(&h, |v| {
+            let g = v.grant();
             (
                 v.kind,
                 v.revoked,
                 v.expires_at,
-                v.scopes.to_string(),
-                v.resource.to_owned(),
-                v.body.subject().to_owned(),
-                v.body.client_id().to_owned(),
-                v.body.scopes().collect::<Vec<_>>().join(","),
+                v.holds_all(&["mcp:write".to_owned(), "mcp:read".to_owned()])
+                    && !v.holds_all(&["mcp".to_owned()]),
+                String::from_utf8(v.resource().to_vec()).unwrap(),
+                g.subject().to_owned(),
+                g.client_id().to_owned(),
+                g.scopes().collect::<Vec<_>>().join(","),
             )
         });
         let Probe::Hit(f) = facts else {
@@ -572,7 +791,7 @@ mod tests {
         assert_eq!(f.0, TokenKind::ApiKey);
         assert!(!f.1);
         assert_eq!(f.2, 77);
-        assert_eq!(f.3, "mcp:read mcp:write");
+        assert!(f.3);
         assert_eq!(f.4, "https://mcp.example");
         assert_eq!((f.5.as_str(), f.6.as_str()), ("alice", "claude"));
         assert_eq!(f.7, "mcp:read,mcp:write");
@@ -639,7 +858,7 @@ mod tests {
         for i in 0..50_000u32 {
             c.fill(c.ticket(), TokenHash::of(&i.to_string()), None);
         }
-        let slots_total: usize = c.shards.iter().map(|s| s.read().unwrap().slots.len()).sum();
+        let slots_total: usize = c.shards.iter().map(|s| s.slots.len()).sum();
         assert!(c.len() <= slots_total, "len {}", c.len());
         assert!(c.evictions() > 0);
         // The most recent fill is always findable.
@@ -651,14 +870,111 @@ mod tests {
 
     #[test]
     fn touch_is_claimed_once_per_interval() {
-        let g = Granted::new(&rec(9));
-        assert!(g.claim_touch(100, 60));
-        assert!(!g.claim_touch(120, 60));
-        assert!(g.claim_touch(160, 60));
+        let e = Entry::new(&rec(9));
+        assert!(e.view().claim_touch(100, 60));
+        assert!(!e.view().claim_touch(120, 60));
+        assert!(e.view().claim_touch(160, 60));
     }
 
     #[test]
-    fn slots_are_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
+    fn long_records_spill_to_a_shared_body_with_the_same_answers() {
+        let mut r = rec(4);
+        r.resource = format!("https://mcp.example/{}", "r".repeat(200));
+        r.scopes = ScopeSet::parse(&["mcp:read mcp:write extra:one extra:two"]).unwrap();
+        let (c, _) = cache(100, Duration::from_secs(5));
+        let short = Entry::new(&rec(5));
+        assert!(short.view().grant().is_inline());
+        assert!(c.fill(c.ticket(), r.hash, Some(&c.entry(&r))));
+        let Probe::Hit((g, all, missing)) = c.lookup(&r.hash, |v| {
+            (
+                v.grant(),
+                v.holds_all(&["extra:two".to_owned(), "mcp:read".to_owned()]),
+                v.holds_all(&["mcp:admin".to_owned()]),
+            )
+        }) else {
+            panic!("hit expected")
+        };
+        assert!(!g.is_inline());
+        assert!(all && !missing);
+        assert_eq!(g.resource(), r.resource);
+        assert_eq!(g.token_id(), "tok_4");
+        assert_eq!(
+            g.scopes().collect::<Vec<_>>(),
+            ["extra:one", "extra:two", "mcp:read", "mcp:write"]
+        );
+    }
+
+    #[test]
+    fn scope_match_is_whole_words() {
+        let e = Entry::new(&rec(6));
+        let v = e.view();
+        assert!(v.holds_all(&[]));
+        assert!(!v.holds_all(&["mcp:rea".to_owned()]));
+        assert!(!v.holds_all(&["read mcp".to_owned()]));
+        assert!(!v.holds_all(&[String::new()]));
+    }
+
+    #[test]
+    fn readers_never_see_a_torn_slot_while_writers_rewrite_it() {
+        // Every record's text names its own number; a reader that mixed two versions of a slot
+        // would see a token id and subject that disagree, or a key with another record's text.
+        let (c, _) = cache(4, Duration::from_secs(5));
+        // Two versions of each token (ids, subject and revoked all differ), so a rewrite changes
+        // every word of the slot.
+        let recs: Vec<[TokenRecord; 2]> = (0..16u8)
+            .map(|n| {
+                [0u8, 1].map(|v| {
+                    let mut r = rec(n);
+                    r.token_id = format!("tok_{n}_{v}");
+                    r.subject = format!("subject-{n}-{v}-{}", "x".repeat(usize::from(v) * 9));
+                    r.revoked_at = i64::from(v);
+                    r
+                })
+            })
+            .collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = &recs[i % recs.len()][(i / 16) % 2];
+                    if i.is_multiple_of(5) {
+                        c.invalidate([r.hash]);
+                    } else {
+                        c.fill(c.ticket(), r.hash, Some(&c.entry(r)));
+                    }
+                    i = i.wrapping_add(1);
+                }
+            });
+            // Stops the writer even when an assertion below fails.
+            struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
+            let mut hits = 0;
+            for round in 0..300_000usize {
+                let pair = &recs[round % recs.len()];
+                if let Probe::Hit((id, subject, revoked)) = c.lookup(&pair[0].hash, |v| {
+                    let g = v.grant();
+                    (g.token_id().to_owned(), g.subject().to_owned(), v.revoked)
+                }) {
+                    hits += 1;
+                    let r = &pair[usize::from(revoked)];
+                    assert_eq!(
+                        (id.as_str(), subject.as_str()),
+                        (r.token_id.as_str(), r.subject.as_str())
+                    );
+                }
+            }
+            assert!(hits > 0, "the reader never hit");
+        });
+    }
+
+    #[test]
+    fn slots_are_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Slot>(), 128);
     }
 }

@@ -63,7 +63,7 @@ pub struct Verdict {
     /// Why.
     pub reason: Reason,
     /// What the token grants, when it is known (allowed or forbidden).
-    pub record: Option<Arc<Granted>>,
+    pub record: Option<Granted>,
     /// Where the answer came from.
     pub source: Source,
 }
@@ -275,16 +275,16 @@ impl Validator {
             Reason::Revoked
         } else if v.expires_at != 0 && now >= v.expires_at {
             Reason::Expired
-        } else if !resource_matches(v.resource, req.resource) {
+        } else if !resource_matches(v.resource(), req.resource.as_bytes()) {
             Reason::WrongResource
-        } else if !v.scopes.contains_all(req.required_scopes) {
+        } else if !v.holds_all(req.required_scopes) {
             Reason::InsufficientScope
         } else {
             Reason::Ok
         };
         let decision = match reason {
             Reason::Ok => {
-                if v.body.claim_touch(now, TOUCH_EVERY_SECS) {
+                if v.claim_touch(now, TOUCH_EVERY_SECS) {
                     // Full queue: skip this update; the next use a minute later retries.
                     let _ = self.touches.try_send((*hash, now));
                 }
@@ -293,8 +293,7 @@ impl Validator {
             Reason::InsufficientScope => Decision::Forbidden,
             _ => Decision::Unauthenticated,
         };
-        let record =
-            matches!(decision, Decision::Allow | Decision::Forbidden).then(|| Arc::clone(v.body));
+        let record = matches!(decision, Decision::Allow | Decision::Forbidden).then(|| v.grant());
         Verdict {
             decision,
             reason,
@@ -306,10 +305,14 @@ impl Validator {
 
 /// A token bound to a resource is valid only for that resource (trailing `/` ignored); a token
 /// bound to none is valid for any, and a request naming none checks nothing.
-fn resource_matches(bound: &str, requested: &str) -> bool {
-    bound.is_empty()
-        || requested.is_empty()
-        || bound.trim_end_matches('/') == requested.trim_end_matches('/')
+fn resource_matches(bound: &[u8], requested: &[u8]) -> bool {
+    fn trim(mut b: &[u8]) -> &[u8] {
+        while let [rest @ .., b'/'] = b {
+            b = rest;
+        }
+        b
+    }
+    bound.is_empty() || requested.is_empty() || trim(bound) == trim(requested)
 }
 
 /// Writes queued `last_used_at` updates to the store in batches, every `interval`, until `stop`
