@@ -2,8 +2,9 @@
 //!
 //! Every change that must stop a token (revocation, rotation, refresh reuse) is committed by the
 //! store, then [`Revocations::publish`] drops it from this replica's cache at once. With Redis, the
-//! store's script has also appended the change to the revocation stream and published it on the
-//! channel; every other replica runs a [`RedisFeed`]:
+//! store has also appended the change to the revocation stream and published it on the channel,
+//! after marking the records (a call whose event could not be written fails: see `store::redis`);
+//! every other replica runs a [`RedisFeed`]:
 //!
 //! - a RESP3 push subscriber applies channel messages at once (the fast path; sharded pub/sub,
 //!   `SSUBSCRIBE`, on a Redis Cluster, where the channel lives on the stream's slot);
