@@ -300,6 +300,33 @@ async fn cluster_case2_a_missed_sharded_message_is_replayed_from_the_stream() {
     let took = refused_after(&mut bv, &key, Instant::now(), Duration::from_secs(5)).await;
     eprintln!("cluster missed message: refused after {took:?}");
     assert!(took.is_some(), "replayed from the stream within the lease");
+    assert!(applied(&b, "stream").await >= 1.0, "through the stream");
+
+    // B subscribes again by itself: later revocations arrive over sharded pub/sub again.
+    let before = applied(&b, "pubsub").await;
+    let resubscribed = eventually(Duration::from_secs(10), || async {
+        let (k, i) = a.create_key("bob", &["mcp:read"]).await;
+        cache_on(&b, &k).await;
+        a.admin()
+            .await
+            .revoke_token(revoke_id(&i.token_id))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        applied(&b, "pubsub").await > before
+    })
+    .await;
+    assert!(resubscribed, "B resubscribed to the sharded channel");
+}
+
+/// Revocation events `s` applied through `path` (`pubsub` or `stream`), from its metrics.
+async fn applied(s: &TestServer, path: &str) -> f64 {
+    let (_, text) = s.http_get("/metrics").await;
+    let label = format!("path=\"{path}\"");
+    text.lines()
+        .filter(|l| l.starts_with("navis_auth_revocations_applied_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
