@@ -156,6 +156,29 @@ async fn cluster_every_admin_call_works_and_keys_spread_over_the_masters() {
         Decision::Unauthenticated
     );
 
+    // A subject with many tokens on every slot: marked side by side, one event.
+    let mut many = Vec::new();
+    for _ in 0..300 {
+        many.push(s.create_key("mallory", &["mcp:read"]).await.0);
+    }
+    let started = Instant::now();
+    let r = a
+        .revoke_subject(pb::RevokeSubjectRequest {
+            subject: "mallory".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!(
+        "cluster subject revocation of {} tokens took {:?}",
+        r.revoked,
+        started.elapsed()
+    );
+    assert_eq!(r.revoked, 300);
+    for t in [&many[0], &many[299]] {
+        assert_eq!(decision(&s.check(t, &[]).await), Decision::Unauthenticated);
+    }
+
     // The keys are spread over every master; the log's three keys share one slot.
     let per_node: Vec<usize> = cluster
         .nodes
