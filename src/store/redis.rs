@@ -1079,6 +1079,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cluster_urls_name_every_seed_node() {
+        let t = RedisTarget::parse("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        assert_eq!(
+            t,
+            RedisTarget::Cluster(vec![
+                "redis://u:p@10.0.0.1:7000".into(),
+                "redis://u:p@10.0.0.2:7001".into()
+            ])
+        );
+        assert!(matches!(
+            RedisTarget::parse("redis://127.0.0.1:6379/0"),
+            Ok(RedisTarget::Server(_))
+        ));
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,",
+            "redis+cluster://a:1/0",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_spread_over_slots_and_the_log_shares_one() {
+        let k = Keys::new("navis-auth:");
+        let h = TokenHash::of("x").to_hex();
+        assert_eq!(k.record(&h), format!("navis-auth:t:{{{h}}}"));
+        assert_eq!(
+            Slot::for_key(k.revocations()),
+            Slot::for_key(k.epoch()),
+            "stream, channel and epoch on one slot"
+        );
+        let slots: std::collections::HashSet<Slot> = (0..64)
+            .map(|i| Slot::for_key(k.record(&TokenHash::of(&i.to_string()).to_hex())))
+            .collect();
+        assert!(slots.len() > 60, "records spread: {} slots", slots.len());
+        // A subject with braces still gives one key, on one slot, for its index.
+        assert_eq!(k.subject("a}b"), "navis-auth:s:{a}b}");
+    }
+
+    #[test]
     fn hex_round_trip() {
         let h = TokenHash::of("x");
         assert_eq!(hex_hash(&h.to_hex()), Some(h));

@@ -513,10 +513,8 @@ async fn case7_a_paused_replica_serves_no_cached_positive_before_catching_up() {
     let (key, info) = a.create_key("alice", &["mcp:read"]).await;
     let mut bv = ValidatorClient::new(channel(b.validator_addr).await);
     for _ in 0..2 {
-        assert_eq!(
-            decision(&bv.validate(req(&key, &[])).await.unwrap().into_inner()),
-            Decision::Allow
-        );
+        let r = bv.validate(req(&key, &[])).await.unwrap().into_inner();
+        assert_eq!(decision(&r), Decision::Allow, "{}", r.error_description);
     }
     b.pause();
     a.admin()
