@@ -33,7 +33,8 @@ fn cli(port: u16, args: &[&str]) -> String {
 }
 
 impl ClusterNode {
-    fn spawn(&mut self) {
+    /// Starts the process; false when it exited at once (a port was taken).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--cluster-port", &self.bus_port.to_string()])
@@ -62,10 +63,21 @@ impl ClusterNode {
             .spawn()
             .expect("redis-server must be on PATH (scripts/test installs Debian's redis-server)");
         self.child = Some(child);
+        let name = self.dir.path().file_name().and_then(|n| n.to_str());
+        let name = name.expect("utf-8").to_owned();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.cli(&["PING"]).starts_with("PONG") {
-                return;
+            if let Some(c) = self.child.as_mut()
+                && matches!(c.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return false;
+            }
+            // Answering, and from its own dir (not another test's server on a reused port).
+            if self.cli(&["PING"]).starts_with("PONG")
+                && self.cli(&["CONFIG", "GET", "dir"]).contains(&name)
+            {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -104,7 +116,16 @@ impl RedisCluster {
                 dir: tempfile::tempdir().expect("tempdir"),
                 child: None,
             };
-            n.spawn();
+            // A free port can be taken by another test's process before redis-server binds it.
+            let mut attempts = 0;
+            while !n.spawn() {
+                attempts += 1;
+                assert!(
+                    attempts < 5,
+                    "no free ports for a cluster node in 5 attempts"
+                );
+                (n.port, n.bus_port) = (free_port(), free_port());
+            }
             nodes.push(n);
         }
         let addrs: Vec<String> = nodes
@@ -182,7 +203,8 @@ impl RedisCluster {
 
     /// Starts node `i` again on its port and dir (its nodes.conf and append-only file).
     pub fn restart(&mut self, i: usize) {
-        self.nodes[i].spawn();
+        let port = self.nodes[i].port;
+        assert!(self.nodes[i].spawn(), "port {port} was taken meanwhile");
     }
 }
 
