@@ -18,7 +18,7 @@
 //!
 //! Every script names all its keys in `KEYS` and touches exactly one slot, so each one is atomic
 //! on a cluster too. An operation that spans slots is a sequence of such steps, ordered so that
-//! no failure between two steps can make a revoked token acceptable (see [`RedisStore::revoke`]
+//! no failure between two steps can make a revoked token acceptable (see `RedisStore::revoke_with`
 //! and the comments on insertion, rotation and refresh).
 //!
 //! No plaintext token is ever sent to Redis.
@@ -655,7 +655,7 @@ impl RedisStore {
     }
 
     /// Appends one event to the revocation stream and publishes it (one script on the stream's
-    /// slot). On failure a background task keeps trying for a while (see [`RedisStore::revoke`]).
+    /// slot). On failure a background task keeps trying for a while (see `RedisStore::revoke_with`).
     async fn publish(
         &self,
         c: &mut Conn,
@@ -861,7 +861,7 @@ impl TokenStore for RedisStore {
     /// Rotation: the new key is written completely (see `insert_records`) before the old one is
     /// shortened, so a failure in between leaves the old key working and the new one unknown to
     /// anyone. The old record's new expiry is then published like a revocation (step 2 of
-    /// [`RedisStore::revoke_with`], with the same failure handling).
+    /// `RedisStore::revoke_with`, with the same failure handling).
     fn rotate(
         &self,
         old_id: String,
