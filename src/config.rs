@@ -246,8 +246,9 @@ pub struct ServeArgs {
     /// [default: $XDG_DATA_HOME/navis-auth or ~/.local/share/navis-auth].
     #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Token store: `embedded` (in the data directory), `embedded:PATH` (a directory), or
-    /// `redis://host:port/db` (shared by every replica).
+    /// Token store: `embedded` (in the data directory), `embedded:PATH` (a directory),
+    /// `redis://host:port/db` (shared by every replica), or
+    /// `redis+cluster://host:port,host:port,…` (a Redis Cluster: seed nodes, the rest are found).
     #[arg(long, env = "NAVIS_AUTH_STORE", default_value = "embedded", value_parser = parse_store)]
     pub store: StoreSpec,
     /// File holding the admin token; generated (mode 0600) when missing
@@ -432,14 +433,18 @@ fn parse_store(s: &str) -> Result<StoreSpec, String> {
         None if s == "embedded" => Ok(StoreSpec::Embedded(None)),
         Some(("embedded", "")) => Err("embedded:PATH needs a directory".into()),
         Some(("embedded", p)) => Ok(StoreSpec::Embedded(Some(PathBuf::from(p)))),
-        Some(("redis", _)) => {
-            redis::Client::open(s).map_err(|e| format!("not a usable Redis URL: {e}"))?;
+        Some(("redis" | "redis+cluster", _)) => {
+            crate::store::redis::RedisTarget::parse(s)
+                .map_err(|e| format!("not a usable Redis URL: {e}"))?;
             Ok(StoreSpec::Redis(s.to_owned()))
         }
         Some(("rediss", _)) => Err(
             "rediss:// (TLS to Redis) is not supported by this build; use redis:// on a private network or a TLS sidecar".into(),
         ),
-        _ => Err("expected `embedded`, `embedded:PATH` or `redis://host:port/db`".into()),
+        _ => Err(
+            "expected `embedded`, `embedded:PATH`, `redis://host:port/db` or `redis+cluster://host:port,host:port,…`"
+                .into(),
+        ),
     }
 }
 
@@ -455,6 +460,10 @@ fn parse_host_resource(s: &str) -> Result<(String, String), String> {
 fn parse_prefix(s: &str) -> Result<String, String> {
     if s.len() > 64 || s.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err("use at most 64 printable characters without spaces".into());
+    }
+    if s.contains(['{', '}']) {
+        // Braces would become the Redis Cluster hash tag of every key (one slot for all).
+        return Err("must not contain `{` or `}`".into());
     }
     Ok(s.to_owned())
 }
@@ -515,6 +524,20 @@ mod tests {
         let r = Config::try_parse_from(["serve", "--store", "redis://127.0.0.1:7000/2"]).unwrap();
         assert!(matches!(r.store, StoreConfig::Redis(ref c) if c.prefix == "navis-auth:"));
         assert!(Config::try_parse_from(["serve", "--store", "rediss://x:1"]).is_err());
+        let cl = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000";
+        let r = Config::try_parse_from(["serve", "--store", cl]).unwrap();
+        assert!(matches!(r.store, StoreConfig::Redis(ref c) if c.url == cl));
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:1/0",
+        ] {
+            assert!(
+                Config::try_parse_from(["serve", "--store", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Config::try_parse_from(["serve", "--redis-prefix", "a{b}:"]).is_err());
         assert_eq!(c.admin_token_file, PathBuf::from("/tmp/x/admin-token"));
     }
 

@@ -168,7 +168,7 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     /// Evictions (absolute, set at scrape time).
     pub cache_evictions: Counter,
-    flushes: [Counter; 3],
+    flushes: [Counter; 4],
     store_requests: Vec<Counter>,
     store_errors: Vec<Counter>,
     store_duration: Vec<Histogram>,
@@ -197,6 +197,9 @@ pub enum FlushReason {
     StreamBehind,
     /// The stream was trimmed past this replica's position.
     StreamTrimmed,
+    /// The feed reconnected after its lease had run out: a change whose publication failed
+    /// meanwhile may never reach the stream (see `store::redis`), so the cache starts cold.
+    LeaseLapsed,
 }
 
 /// How a revocation reached this replica, for labels.
@@ -280,6 +283,7 @@ impl Metrics {
                     ::metrics::counter!(CACHE_FLUSHES, "reason" => "epoch"),
                     ::metrics::counter!(CACHE_FLUSHES, "reason" => "stream_behind"),
                     ::metrics::counter!(CACHE_FLUSHES, "reason" => "stream_trimmed"),
+                    ::metrics::counter!(CACHE_FLUSHES, "reason" => "lease_lapsed"),
                 ],
                 store_requests: per_op(STORE_REQUESTS),
                 store_errors: per_op(STORE_ERRORS),

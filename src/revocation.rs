@@ -2,16 +2,20 @@
 //!
 //! Every change that must stop a token (revocation, rotation, refresh reuse) is committed by the
 //! store, then [`Revocations::publish`] drops it from this replica's cache at once. With Redis, the
-//! store's script has also appended the change to the revocation stream and published it on the
-//! channel; every other replica runs a [`RedisFeed`]:
+//! store has also appended the change to the revocation stream and published it on the channel,
+//! after marking the records (a call whose event could not be written fails: see `store::redis`);
+//! every other replica runs a [`RedisFeed`]:
 //!
-//! - a RESP3 push subscriber applies channel messages at once (the fast path);
+//! - a RESP3 push subscriber applies channel messages at once (the fast path; sharded pub/sub,
+//!   `SSUBSCRIBE`, on a Redis Cluster, where the channel lives on the stream's slot);
 //! - a tail reads the stream from its last id with blocking `XREAD` on a dedicated connection, so
 //!   a missed message is replayed (the stream is the truth). Each completed read confirms the
 //!   replica is caught up as of the moment the read was issued (monotonic clock);
 //! - on every (re)connect it compares the epoch value and the stream's bounds with what it saw
 //!   before, and flushes the whole cache (a generation bump) when the stream no longer covers the
-//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced.
+//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced;
+//!   and also when it comes back after its lease ran out, since a revocation whose record was
+//!   written while the log's node was unreachable may never have been published.
 //!
 //! The [`Lease`]: the validator answers from its cache only while the last confirmation is younger
 //! than `--revocation-lease`; past it every lookup goes to the store (G2).
@@ -21,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncTypedCommands as _;
-use redis::aio::MultiplexedConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
@@ -31,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cache::Cache;
 use crate::metrics::{AppliedPath, FlushReason, Metrics};
 use crate::store::Changed;
-use crate::store::redis::hex_hash;
+use crate::store::redis::{Conn, Keys, RedisTarget, cluster_builder, hex_hash};
 use crate::token::TokenHash;
 
 /// How much one revocation covers (a metric label and a log field).
@@ -187,10 +191,17 @@ impl Lease {
     }
 }
 
+/// Where the feed reads: one server, or a cluster (the stream's slot decides the node).
+#[derive(Clone)]
+enum Source {
+    Server(redis::Client),
+    Cluster(Arc<[String]>),
+}
+
 /// The Redis revocation feed of one replica.
 #[derive(Clone)]
 pub struct RedisFeed {
-    client: redis::Client,
+    source: Source,
     stream: String,
     epoch_key: String,
     cache: Arc<Cache>,
@@ -254,20 +265,26 @@ impl RedisFeed {
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::store::redis::BadRedisUrl> {
         let bad = |e: redis::RedisError| crate::store::redis::BadRedisUrl(e.to_string());
-        let info = url.into_connection_info().map_err(bad)?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(bad)?;
+        let source = match RedisTarget::parse(url)? {
+            RedisTarget::Server(url) => {
+                let info = url.into_connection_info().map_err(bad)?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                Source::Server(redis::Client::open(info.set_redis_settings(settings)).map_err(bad)?)
+            }
+            RedisTarget::Cluster(nodes) => Source::Cluster(nodes.into()),
+        };
+        let keys = Keys::new(prefix);
         // Blocking reads return at least every second, well inside any sensible lease.
         let block = Duration::from_millis(1000)
             .min(lease / 4)
             .max(Duration::from_millis(50));
         Ok(RedisFeed {
-            client,
-            stream: format!("{prefix}revocations"),
-            epoch_key: format!("{prefix}epoch"),
+            source,
+            stream: keys.revocations(),
+            epoch_key: keys.epoch(),
             cache,
             state: Arc::new(FeedState::new(lease)),
             timeout,
@@ -322,20 +339,35 @@ impl RedisFeed {
         );
     }
 
+    /// A new connection of the feed's own (a blocking read must not hold up anyone else's
+    /// calls); on a cluster, with push messages in RESP3 when `push` is given.
     async fn connect(
         &self,
         push: Option<mpsc::UnboundedSender<PushInfo>>,
         response: Duration,
-    ) -> redis::RedisResult<MultiplexedConnection> {
-        let mut cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(response));
-        if let Some(tx) = push {
-            cfg = cfg.set_push_sender(tx);
+    ) -> redis::RedisResult<Conn> {
+        match &self.source {
+            Source::Server(client) => {
+                let mut cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(response));
+                if let Some(tx) = push {
+                    cfg = cfg.set_push_sender(tx);
+                }
+                Ok(Conn::Plain(
+                    client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?,
+                ))
+            }
+            Source::Cluster(nodes) => {
+                let mut b = cluster_builder(nodes, self.timeout, response);
+                if let Some(tx) = push {
+                    b = b.use_protocol(ProtocolVersion::RESP3).push_sender(tx);
+                }
+                Ok(Conn::Cluster(b.build()?.get_async_connection().await?))
+            }
         }
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
     }
 
     async fn tail(&self, mut stop: watch::Receiver<bool>) {
@@ -374,7 +406,19 @@ impl RedisFeed {
         stop: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
         let mut conn = self.connect(None, self.block + self.timeout).await?;
+        // Whether this replica has already applied events, and lost the log past its lease.
+        let lapsed = last.is_some() && !self.state.fresh();
         self.check_gap(&mut conn, epoch, last).await?;
+        if lapsed {
+            // A revocation whose record was written but whose event could not be published
+            // (the log's node was down: see `store::redis`) may never reach the stream, and this
+            // replica's cache may still hold the token: start cold. (While the lease was out
+            // the cache answered nothing; lookups went to the store.)
+            self.flush(
+                FlushReason::LeaseLapsed,
+                "lease ran out while the revocation log was unreachable",
+            );
+        }
         self.state.connected.store(true, Ordering::Release);
         tracing::info!(from = %last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
         let mut blocking = false;
@@ -418,7 +462,7 @@ impl RedisFeed {
     /// when the stream cannot replay what was missed; sets the position to read from.
     async fn check_gap(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         epoch: &mut Option<String>,
         last: &mut Option<StreamPos>,
     ) -> redis::RedisResult<()> {
@@ -476,10 +520,7 @@ impl RedisFeed {
         Ok(())
     }
 
-    async fn last_generated(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<Option<StreamPos>> {
+    async fn last_generated(&self, conn: &mut Conn) -> redis::RedisResult<Option<StreamPos>> {
         let info: redis::RedisResult<redis::streams::StreamInfoStreamReply> = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(&self.stream)
@@ -513,12 +554,18 @@ impl RedisFeed {
     async fn sub_session(&self, stop: &mut watch::Receiver<bool>) -> redis::RedisResult<()> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut conn = self.connect(Some(tx), self.timeout).await?;
-        conn.subscribe(&self.stream).await?;
+        match &mut conn {
+            // Sharded pub/sub on a cluster: the message goes only to the node serving the
+            // channel's slot (the stream's), not over the whole cluster bus.
+            Conn::Cluster(c) => c.ssubscribe(&self.stream).await?,
+            Conn::Plain(c) => c.subscribe(&self.stream).await?,
+            Conn::Manager(_) => {}
+        }
         let mut ping = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(PushInfo { kind: PushKind::Message, data }) => {
+                    Some(PushInfo { kind: PushKind::Message | PushKind::SMessage, data }) => {
                         if let Some(Value::BulkString(payload)) = data.get(1) {
                             self.apply_payload(payload);
                         }
@@ -533,7 +580,17 @@ impl RedisFeed {
                 },
                 _ = ping.tick() => {
                     // Finds half-open connections that would never deliver a Disconnection.
-                    let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
+                    match &mut conn {
+                        Conn::Cluster(c) => {
+                            // To the channel's node, not to every primary.
+                            let route = Route::with_key(&self.stream, SlotAddr::Master);
+                            let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                            c.route_command(redis::cmd("PING"), to).await?;
+                        }
+                        other => {
+                            let _: Value = redis::cmd("PING").query_async(other).await?;
+                        }
+                    }
                 }
                 () = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
             }

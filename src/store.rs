@@ -3,7 +3,9 @@
 //!
 //! A store keeps [`TokenRecord`]s keyed by SHA-256 of the token, with indexes by token id,
 //! subject and grant. Every operation that must be atomic (rotation, refresh-token spending,
-//! grant and subject revocation) is one store call, so each store can make it one transaction.
+//! grant and subject revocation) is one store call, so each store can make it one transaction
+//! (the embedded store), or, where one transaction cannot span the data (Redis Cluster), an
+//! ordered sequence of atomic steps that is safe to interrupt (see `store::redis`).
 
 pub mod embedded;
 pub mod redis;

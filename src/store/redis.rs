@@ -1,17 +1,25 @@
-//! The Redis store, shared by every replica. Every mutation is one Lua script, so grant and
-//! subject revocation, rotation and refresh spending are atomic, and every revocation is appended
-//! to the revocation stream and published on the channel in the same script as the change itself.
+//! The Redis store, shared by every replica: one Redis server (`redis://`) or a Redis Cluster
+//! (`redis+cluster://`), with the same key layout on both.
 //!
-//! Keys (all under one prefix `P`, default `navis-auth:`):
-//! - `P t:<sha256 hex>`: a HASH per token: `d` (the protobuf record), and the fields scripts read or
-//!   change: `e` expires_at, `r` revoked_at, `s` spent_at, `u` last_used_at, `k` kind, `c` client,
-//!   `i` token id, `g` grant. `EXPIREAT` = the token's expiry.
-//! - `P i:<token id>`: the token's hash (STRING), same expiry.
-//! - `P s:<subject>`: ZSET of the subject's token ids (score 0, ordered by id for paging).
-//! - `P g:<grant id>`: SET of the grant's token ids.
-//! - `P revocations`: the revocation STREAM (fields `g` granularity, `at` unix ms, `h` hashes),
-//!   trimmed by age (`MINID ~`), and the pub/sub channel of the same name.
-//! - `P epoch`: a random value that changes when Redis loses its data (see `revocation`).
+//! Keys (all under one prefix `P`, default `navis-auth:`). The `{…}` part of a key is its Redis
+//! Cluster hash tag: only it decides the key's slot, so records spread over every slot while the
+//! revocation log keeps its three keys on one slot.
+//! - `P t:{<sha256 hex>}`: a HASH per token: `d` (the protobuf record), and the fields scripts read
+//!   or change: `e` expires_at, `r` revoked_at, `s` spent_at, `u` last_used_at, `k` kind, `c`
+//!   client, `i` token id, `g` grant, `p` 1 while a change to it may not have been published yet.
+//!   `EXPIREAT` = the token's expiry.
+//! - `P i:{<token id>}`: the token's hash (STRING), same expiry.
+//! - `P s:{<subject>}`: ZSET of the subject's token ids (score 0, ordered by id for paging).
+//! - `P g:{<grant id>}`: SET of the grant's token ids.
+//! - `P {rev}:revocations`: the revocation STREAM (fields `g` granularity, `at` unix ms, `h`
+//!   hashes), trimmed by age (`MINID ~`), and the pub/sub channel of the same name (sharded
+//!   pub/sub, `SPUBLISH`, on a cluster; `PUBLISH` on one server).
+//! - `P {rev}:epoch`: a random value that changes when Redis loses its data (see `revocation`).
+//!
+//! Every script names all its keys in `KEYS` and touches exactly one slot, so each one is atomic
+//! on a cluster too. An operation that spans slots is a sequence of such steps, ordered so that
+//! no failure between two steps can make a revoked token acceptable (see `RedisStore::revoke_with`
+//! and the comments on insertion, rotation and refresh).
 //!
 //! No plaintext token is ever sent to Redis.
 
@@ -19,8 +27,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{AsyncCommands, Cmd, RedisFuture, Script, Value};
 
 use super::{
     Changed, ListPage, ListQuery, RefreshRefusal, RefreshState, RevokeTarget, SpendOutcome,
@@ -29,10 +41,13 @@ use super::{
 use crate::record::TokenRecord;
 use crate::token::{TokenHash, TokenKind};
 
+/// The URL scheme of a Redis Cluster store: `redis+cluster://host:port,host:port,…`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
 /// How the Redis store connects.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `redis+cluster://host:port,host:port,…`.
     pub url: String,
     /// Prefix of every key.
     pub prefix: String,
@@ -42,165 +57,252 @@ pub struct RedisConfig {
     pub retention: Duration,
 }
 
-/// Shared helpers for every script: record insertion, index expiry and event publication.
-const PRELUDE: &str = r"
-local p = ARGV[1]
-local function extend(key, exp, existed)
-  if exp == 0 then redis.call('PERSIST', key) return end
-  if existed == 0 then redis.call('EXPIREAT', key, exp) return end
-  local cur = redis.call('EXPIRETIME', key)
-  if cur >= 0 and cur < exp then redis.call('EXPIREAT', key, exp) end
-end
-local function conflict(b)
-  if redis.call('EXISTS', p .. 't:' .. ARGV[b]) == 1 then return 'token hash exists' end
-  if redis.call('EXISTS', p .. 'i:' .. ARGV[b + 1]) == 1 then return 'token id exists' end
-  return nil
-end
--- A record is 8 arguments from index b: hex, id, subject, grant, exp, blob, kind, client.
-local function insert(b)
-  local hex, id, sub, grant = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local exp = tonumber(ARGV[b + 4])
-  local rk, ik = p .. 't:' .. hex, p .. 'i:' .. id
-  redis.call('HSET', rk, 'd', ARGV[b + 5], 'e', exp, 'r', 0, 's', 0, 'u', 0,
-    'k', ARGV[b + 6], 'c', ARGV[b + 7], 'i', id, 'g', grant)
-  redis.call('SET', ik, hex)
-  if exp > 0 then
-    redis.call('EXPIREAT', rk, exp)
-    redis.call('EXPIREAT', ik, exp)
-  end
-  local sk = p .. 's:' .. sub
-  local existed = redis.call('EXISTS', sk)
-  redis.call('ZADD', sk, 0, id)
-  extend(sk, exp, existed)
-  if grant ~= '' then
-    local gk = p .. 'g:' .. grant
-    existed = redis.call('EXISTS', gk)
-    redis.call('SADD', gk, id)
-    extend(gk, exp, existed)
-  end
-end
-local function publish(gran, at_ms, minid, hexes)
-  local h = table.concat(hexes, ',')
-  local key = p .. 'revocations'
-  local sid = redis.call('XADD', key, 'MINID', '~', minid, '*', 'g', gran, 'at', at_ms, 'h', h)
-  redis.call('PUBLISH', key, sid .. ' ' .. gran .. ' ' .. at_ms .. ' ' .. h)
-  return sid
-end
-";
+/// Where Redis is: one server, or the seed nodes of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: a `redis://` URL.
+    Server(String),
+    /// A cluster: one `redis://host:port` URL per seed node (the rest are discovered).
+    Cluster(Vec<String>),
+}
 
-const INSERT: &str = r"
-local n = tonumber(ARGV[2])
-for i = 0, n - 1 do
-  local c = conflict(3 + i * 8)
-  if c then return redis.error_reply('CONFLICT ' .. c) end
-end
-for i = 0, n - 1 do insert(3 + i * 8) end
-return n
-";
+impl RedisTarget {
+    /// Parses `redis://…` or `redis+cluster://[user:password@]host:port,host:port,…`.
+    ///
+    /// # Errors
+    /// When the URL is not usable.
+    pub fn parse(url: &str) -> Result<Self, BadRedisUrl> {
+        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+            redis::Client::open(url).map_err(|e| BadRedisUrl(e.to_string()))?;
+            return Ok(RedisTarget::Server(url.to_owned()));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), rest),
+        };
+        let mut nodes = Vec::new();
+        for host in hosts.split(',') {
+            if host.is_empty() || host.contains('/') || host.contains('?') {
+                return Err(BadRedisUrl(
+                    "redis+cluster:// takes host:port,host:port,… (no database, no path)".into(),
+                ));
+            }
+            let node = format!("redis://{auth}{host}");
+            redis::Client::open(node.as_str())
+                .map_err(|e| BadRedisUrl(format!("cluster node #{}: {e}", nodes.len() + 1)))?;
+            nodes.push(node);
+        }
+        Ok(RedisTarget::Cluster(nodes))
+    }
+}
 
-/// ARGV: p, now, now_ms, minid, mode, a, b, granularity.
-const REVOKE: &str = r"
-local now, mode, a, b = tonumber(ARGV[2]), ARGV[5], ARGV[6], ARGV[7]
-local ids = {}
-if mode == 'hash' then
-  local id = redis.call('HGET', p .. 't:' .. a, 'i')
-  if id then ids = { id } end
-elseif mode == 'id' then ids = { a }
-elseif mode == 'grant' then ids = redis.call('SMEMBERS', p .. 'g:' .. a)
-else ids = redis.call('ZRANGE', p .. 's:' .. a, 0, -1) end
-local out, hexes = {}, {}
-for _, id in ipairs(ids) do
-  local hex = redis.call('GET', p .. 'i:' .. id)
-  if hex then
-    local rk = p .. 't:' .. hex
-    local f = redis.call('HMGET', rk, 'r', 'e', 'c')
-    if f[1] then
-      local r, e, c = tonumber(f[1]), tonumber(f[2]), f[3]
-      if r == 0 and (e == 0 or e > now) and (mode ~= 'subject_client' or c == b) then
-        redis.call('HSET', rk, 'r', now)
-        table.insert(out, id)
-        table.insert(out, hex)
-        table.insert(hexes, hex)
-      end
-    end
-  end
-end
-if #hexes > 0 then publish(ARGV[8], ARGV[3], ARGV[4], hexes) end
-return out
-";
+/// A connection to one server or to a cluster, so that commands and scripts are written once.
+/// On a cluster every command goes to the node serving its key's slot (redirections and
+/// topology changes are followed by the client).
+#[derive(Clone)]
+pub enum Conn {
+    /// One server, reconnecting by itself (the store's connection).
+    Manager(ConnectionManager),
+    /// One server, one connection (the revocation feed's, which reconnects itself).
+    Plain(MultiplexedConnection),
+    /// A cluster.
+    Cluster(ClusterConnection),
+}
 
-/// ARGV: p, now, now_ms, minid, old_id, old_exp, then the new record (8 fields from 7).
-const ROTATE: &str = r"
-local now = tonumber(ARGV[2])
-local hex = redis.call('GET', p .. 'i:' .. ARGV[5])
-if not hex then return 0 end
-local rk = p .. 't:' .. hex
-local f = redis.call('HMGET', rk, 'k', 'r', 'e', 's')
-if not f[1] then return 0 end
-local e = tonumber(f[3])
-if tonumber(f[1]) ~= 1 or tonumber(f[2]) ~= 0 or tonumber(f[4]) ~= 0 or (e ~= 0 and e <= now) then
-  return 0
-end
-local c = conflict(7)
-if c then return redis.error_reply('CONFLICT ' .. c) end
-insert(7)
-local ne = tonumber(ARGV[6])
-if e ~= 0 and e < ne then ne = e end
-redis.call('HSET', rk, 'e', ne)
-redis.call('EXPIREAT', rk, ne)
-redis.call('EXPIREAT', p .. 'i:' .. ARGV[5], ne)
-publish('update', ARGV[3], ARGV[4], { hex })
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The keys of one deployment (one prefix).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    /// The keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// A token's record.
+    pub fn record(&self, hex: &str) -> String {
+        format!("{}t:{{{hex}}}", self.prefix)
+    }
+
+    /// A token id's pointer to the record.
+    pub fn id(&self, id: &str) -> String {
+        format!("{}i:{{{id}}}", self.prefix)
+    }
+
+    /// A subject's index.
+    pub fn subject(&self, subject: &str) -> String {
+        format!("{}s:{{{subject}}}", self.prefix)
+    }
+
+    /// A grant's index.
+    pub fn grant(&self, grant: &str) -> String {
+        format!("{}g:{{{grant}}}", self.prefix)
+    }
+
+    /// The revocation stream, and the pub/sub channel of the same name.
+    pub fn revocations(&self) -> String {
+        format!("{}{{rev}}:revocations", self.prefix)
+    }
+
+    /// The epoch value (on the stream's slot, so it is lost and replaced together with it).
+    pub fn epoch(&self) -> String {
+        format!("{}{{rev}}:epoch", self.prefix)
+    }
+}
+
+/// KEYS[1] the record. ARGV: blob, exp, kind, client, id, grant.
+const INSERT_RECORD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('CONFLICT token hash exists') end
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 'e', ARGV[2], 'r', 0, 's', 0, 'u', 0, 'p', 0,
+  'k', ARGV[3], 'c', ARGV[4], 'i', ARGV[5], 'g', ARGV[6])
+local exp = tonumber(ARGV[2])
+if exp > 0 then redis.call('EXPIREAT', KEYS[1], exp) end
 return 1
 ";
 
-/// ARGV: p, now, old_hex, then two new records (8 fields each, from 4 and 12).
+/// KEYS[1] a subject ZSET (ARGV[1] = 'z') or grant SET ('s'). ARGV: kind, member, exp.
+/// The index lives as long as its longest-lived token.
+const INDEX_ADD: &str = r"
+local exp = tonumber(ARGV[3])
+local existed = redis.call('EXISTS', KEYS[1])
+if ARGV[1] == 'z' then redis.call('ZADD', KEYS[1], 0, ARGV[2]) else redis.call('SADD', KEYS[1], ARGV[2]) end
+if exp == 0 then redis.call('PERSIST', KEYS[1])
+elseif existed == 0 then redis.call('EXPIREAT', KEYS[1], exp)
+else
+  local cur = redis.call('EXPIRETIME', KEYS[1])
+  if cur >= 0 and cur < exp then redis.call('EXPIREAT', KEYS[1], exp) end
+end
+return 1
+";
+
+/// KEYS[1] the record. ARGV: now, '1' to require client ARGV[3].
+/// Returns 1 revoked now, 2 revoked before but maybe never published (`p`), 0 nothing to do.
+const REVOKE_RECORD: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'r', 'e', 'c', 'p')
+if not f[1] then return 0 end
+local now, r, e = tonumber(ARGV[1]), tonumber(f[1]), tonumber(f[2])
+if ARGV[2] == '1' and f[3] ~= ARGV[3] then return 0 end
+if e ~= 0 and e <= now then return 0 end
+if r ~= 0 then
+  if f[4] == '1' then return 2 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'r', now, 'p', 1)
+return 1
+";
+
+/// KEYS[1] the record: its last change is published.
+const CONFIRM: &str = r"
+if redis.call('HGET', KEYS[1], 'p') == '1' then redis.call('HSET', KEYS[1], 'p', 0) end
+return 1
+";
+
+/// KEYS[1] the stream, KEYS[2] the channel (same slot). ARGV: granularity, unix ms, minid,
+/// hashes, '1' for sharded pub/sub.
+const PUBLISH: &str = r"
+local sid = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], '*', 'g', ARGV[1], 'at', ARGV[2], 'h', ARGV[4])
+local cmd = 'PUBLISH'
+if ARGV[5] == '1' then cmd = 'SPUBLISH' end
+redis.call(cmd, KEYS[2], sid .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[4])
+return sid
+";
+
+/// KEYS[1] the old API key's record. ARGV: now, new expiry. Returns the expiry set, or 0.
+const ROTATE_OLD: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'k', 'r', 'e', 's')
+if not f[1] then return 0 end
+local now, e = tonumber(ARGV[1]), tonumber(f[3])
+if tonumber(f[1]) ~= 1 or tonumber(f[2]) ~= 0 or tonumber(f[4]) ~= 0 or (e ~= 0 and e <= now) then
+  return 0
+end
+local ne = tonumber(ARGV[2])
+if e ~= 0 and e < ne then ne = e end
+redis.call('HSET', KEYS[1], 'e', ne, 'p', 1)
+redis.call('EXPIREAT', KEYS[1], ne)
+return ne
+";
+
+/// KEYS[1] the refresh token's record. ARGV: now.
 const SPEND: &str = r"
-local now = tonumber(ARGV[2])
-local rk = p .. 't:' .. ARGV[3]
-local f = redis.call('HMGET', rk, 'k', 'r', 's', 'e')
+local now = tonumber(ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'k', 'r', 's', 'e')
 if not f[1] or tonumber(f[1]) ~= 3 then return 'UNKNOWN' end
 if tonumber(f[2]) ~= 0 then return 'REVOKED' end
 if tonumber(f[3]) ~= 0 then return 'REUSED' end
 local e = tonumber(f[4])
 if e ~= 0 and e <= now then return 'EXPIRED' end
-for _, b in ipairs({ 4, 12 }) do
-  local c = conflict(b)
-  if c then return redis.error_reply('CONFLICT ' .. c) end
-end
-redis.call('HSET', rk, 's', now)
-insert(4)
-insert(12)
+redis.call('HSET', KEYS[1], 's', now)
 return 'OK'
 ";
 
-/// ARGV: p, then pairs of (hex, unix seconds).
+/// KEYS: records (one slot); ARGV: the unix seconds for each.
 const TOUCH: &str = r"
-for i = 2, #ARGV, 2 do
-  local rk = p .. 't:' .. ARGV[i]
-  local t = tonumber(ARGV[i + 1])
-  local u = redis.call('HGET', rk, 'u')
-  if u and tonumber(u) < t then redis.call('HSET', rk, 'u', t) end
+for i, k in ipairs(KEYS) do
+  local t = tonumber(ARGV[i])
+  local u = redis.call('HGET', k, 'u')
+  if u and tonumber(u) < t then redis.call('HSET', k, 'u', t) end
 end
 return 1
 ";
 
 struct Scripts {
-    insert: Script,
-    revoke: Script,
-    rotate: Script,
+    insert_record: Script,
+    index_add: Script,
+    revoke_record: Script,
+    confirm: Script,
+    publish: Script,
+    rotate_old: Script,
     spend: Script,
     touch: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Scripts {
-            insert: s(INSERT),
-            revoke: s(REVOKE),
-            rotate: s(ROTATE),
-            spend: s(SPEND),
-            touch: s(TOUCH),
+            insert_record: Script::new(INSERT_RECORD),
+            index_add: Script::new(INDEX_ADD),
+            revoke_record: Script::new(REVOKE_RECORD),
+            confirm: Script::new(CONFIRM),
+            publish: Script::new(PUBLISH),
+            rotate_old: Script::new(ROTATE_OLD),
+            spend: Script::new(SPEND),
+            touch: Script::new(TOUCH),
         }
     }
 }
@@ -208,8 +310,9 @@ impl Scripts {
 /// A token store in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    prefix: Arc<str>,
+    conn: Conn,
+    keys: Keys,
+    cluster: bool,
     timeout: Duration,
     retention_ms: u64,
     scripts: Arc<Scripts>,
@@ -218,7 +321,8 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -236,20 +340,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The arguments `insert` in the scripts takes for one record.
-fn record_args(r: &TokenRecord) -> [Vec<u8>; 8] {
-    [
-        r.hash.to_hex().into_bytes(),
-        r.token_id.clone().into_bytes(),
-        r.subject.clone().into_bytes(),
-        r.grant_id.clone().into_bytes(),
-        r.expires_at.to_string().into_bytes(),
-        r.encode(),
-        kind_code(r.kind).to_string().into_bytes(),
-        r.client_id.clone().into_bytes(),
-    ]
 }
 
 fn kind_code(k: TokenKind) -> u8 {
@@ -282,18 +372,6 @@ fn decode_hash(fields: &HashMap<String, Vec<u8>>) -> Result<Option<TokenRecord>,
     Ok(Some(r))
 }
 
-fn parse_changed(flat: Vec<String>) -> Vec<Changed> {
-    flat.chunks(2)
-        .filter_map(|c| match c {
-            [id, hex] => hex_hash(hex).map(|hash| Changed {
-                hash,
-                token_id: id.clone(),
-            }),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Parses 64 lowercase hex characters into a hash.
 pub fn hex_hash(hex: &str) -> Option<TokenHash> {
     if hex.len() != 64 {
@@ -314,35 +392,69 @@ fn conflict_or_unavailable(e: &redis::RedisError) -> StoreError {
     }
 }
 
+/// How many single-slot calls one store call keeps in flight. They share the multiplexed
+/// connections, so this pipelines them: a subject with thousands of tokens is revoked in a few
+/// round trips' time, not thousands.
+const IN_FLIGHT: usize = 64;
+
+/// Runs `f` for every item, [`IN_FLIGHT`] at a time, and collects the results in order; the
+/// first error stops it.
+async fn each<T, R, F, Fut>(
+    c: &Conn,
+    items: impl IntoIterator<Item = T>,
+    f: F,
+) -> Result<Vec<R>, StoreError>
+where
+    F: Fn(Conn, T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, StoreError>>,
+{
+    futures_util::stream::iter(items)
+        .map(|item| f(c.clone(), item))
+        .buffered(IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+/// How long a replica keeps retrying a revocation event it could not publish.
+const REPUBLISH_FOR: Duration = Duration::from_secs(600);
+
 impl RedisStore {
     /// Builds a store for `cfg`. Connects lazily: the service starts (not ready) while Redis is
     /// down, and calls fail fast with [`StoreError::Unavailable`] until it is back.
     ///
     /// # Errors
-    /// When the URL is not a usable `redis://` URL.
+    /// When the URL is not a usable `redis://` or `redis+cluster://` URL.
     pub fn new(cfg: &RedisConfig) -> Result<Self, BadRedisUrl> {
-        let client =
-            redis::Client::open(cfg.url.as_str()).map_err(|e| BadRedisUrl(e.to_string()))?;
-        let mgr = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = client
-            .get_connection_manager_lazy(mgr)
-            .map_err(|e| BadRedisUrl(e.to_string()))?;
+        let bad = |e: redis::RedisError| BadRedisUrl(e.to_string());
+        let (conn, cluster) = match RedisTarget::parse(&cfg.url)? {
+            RedisTarget::Server(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(bad)?;
+                let mgr = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.timeout))
+                    .set_response_timeout(Some(cfg.timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(200));
+                let conn = client.get_connection_manager_lazy(mgr).map_err(bad)?;
+                (Conn::Manager(conn), false)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = cluster_builder(&nodes, cfg.timeout, cfg.timeout)
+                    .build()
+                    .map_err(bad)?;
+                let conn = client
+                    .get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
+                (Conn::Cluster(conn), true)
+            }
+        };
         Ok(RedisStore {
             conn,
-            prefix: cfg.prefix.clone().into(),
+            keys: Keys::new(&cfg.prefix),
+            cluster,
             timeout: cfg.timeout,
             retention_ms: u64::try_from(cfg.retention.as_millis()).unwrap_or(u64::MAX),
             scripts: Arc::new(Scripts::new()),
         })
-    }
-
-    fn key(&self, kind: &str, rest: &str) -> String {
-        format!("{}{kind}:{rest}", self.prefix)
     }
 
     /// The minimum stream id to keep (trim by age).
@@ -354,11 +466,30 @@ impl RedisStore {
     fn call<'a, T, F, Fut>(&'a self, f: F) -> StoreFuture<'a, T>
     where
         T: Send + 'a,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'a,
+        F: FnOnce(Conn) -> Fut + Send + 'a,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    {
+        self.call_within(self.timeout * 2, f)
+    }
+
+    /// Like [`RedisStore::call`] for calls made of several steps (one per slot): bounded by
+    /// four times the timeout.
+    fn steps<'a, T, F, Fut>(&'a self, f: F) -> StoreFuture<'a, T>
+    where
+        T: Send + 'a,
+        F: FnOnce(Conn) -> Fut + Send + 'a,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    {
+        self.call_within(self.timeout * 4, f)
+    }
+
+    fn call_within<'a, T, F, Fut>(&'a self, bound: Duration, f: F) -> StoreFuture<'a, T>
+    where
+        T: Send + 'a,
+        F: FnOnce(Conn) -> Fut + Send + 'a,
         Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
     {
         let conn = self.conn.clone();
-        let bound = self.timeout * 2;
         Box::pin(async move {
             match tokio::time::timeout(bound, f(conn)).await {
                 Ok(r) => r,
@@ -373,7 +504,7 @@ impl RedisStore {
     fn read<'a, T, F, Fut>(&'a self, f: F) -> StoreFuture<'a, T>
     where
         T: Send + 'a,
-        F: Fn(ConnectionManager) -> Fut + Send + Sync + 'a,
+        F: Fn(Conn) -> Fut + Send + Sync + 'a,
         Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
     {
         Box::pin(async move {
@@ -398,50 +529,311 @@ impl RedisStore {
         }
     }
 
-    async fn hgetall(
-        conn: &mut ConnectionManager,
-        key: &str,
-    ) -> Result<Option<TokenRecord>, StoreError> {
-        let fields: HashMap<String, Vec<u8>> = conn.hgetall(key).await.map_err(unavailable)?;
+    async fn hgetall(c: &mut Conn, key: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let fields: HashMap<String, Vec<u8>> = c.hgetall(key).await.map_err(unavailable)?;
         decode_hash(&fields)
     }
 
+    /// Writes new records, in the order that keeps every step safe to interrupt:
+    /// 1. claim each token id (`SET NX`): a duplicate id stops here, before anything else;
+    /// 2. add each id to its subject and grant indexes, so a subject or grant revocation that
+    ///    runs from now on finds it;
+    /// 3. write each record: only now can the token be validated.
+    ///
+    /// A failure after step 1 leaves ids and index entries without a record: nothing accepts
+    /// them, listing prunes them, and they expire with the token. A token is never valid
+    /// before every revocation path can reach it.
+    async fn insert_records(
+        &self,
+        c: &mut Conn,
+        records: &[TokenRecord],
+    ) -> Result<(), StoreError> {
+        for (n, r) in records.iter().enumerate() {
+            let mut set = redis::cmd("SET");
+            set.arg(self.keys.id(&r.token_id))
+                .arg(r.hash.to_hex())
+                .arg("NX");
+            if r.expires_at > 0 {
+                set.arg("EXAT").arg(r.expires_at);
+            }
+            let claimed: Option<String> = set.query_async(c).await.map_err(unavailable)?;
+            if claimed.is_none() {
+                for earlier in &records[..n] {
+                    let _: redis::RedisResult<i64> = c.del(self.keys.id(&earlier.token_id)).await;
+                }
+                return Err(StoreError::Conflict("token hash or id exists"));
+            }
+        }
+        for r in records {
+            let exp = r.expires_at.max(0);
+            let _: i64 = self
+                .scripts
+                .index_add
+                .key(self.keys.subject(&r.subject))
+                .arg("z")
+                .arg(&r.token_id)
+                .arg(exp)
+                .invoke_async(c)
+                .await
+                .map_err(unavailable)?;
+            if !r.grant_id.is_empty() {
+                let _: i64 = self
+                    .scripts
+                    .index_add
+                    .key(self.keys.grant(&r.grant_id))
+                    .arg("s")
+                    .arg(&r.token_id)
+                    .arg(exp)
+                    .invoke_async(c)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        for r in records {
+            let _: i64 = self
+                .scripts
+                .insert_record
+                .key(self.keys.record(&r.hash.to_hex()))
+                .arg(r.encode())
+                .arg(r.expires_at)
+                .arg(kind_code(r.kind))
+                .arg(&r.client_id)
+                .arg(&r.token_id)
+                .arg(&r.grant_id)
+                .invoke_async(c)
+                .await
+                .map_err(|e| conflict_or_unavailable(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes records written by a call that then lost a race (best effort: whatever is left
+    /// is unknown to everyone, is pruned from listings, and expires with the token).
+    async fn remove_records(&self, c: &mut Conn, records: &[TokenRecord]) {
+        for r in records {
+            let _: redis::RedisResult<i64> = c.del(self.keys.record(&r.hash.to_hex())).await;
+            let _: redis::RedisResult<i64> = c.del(self.keys.id(&r.token_id)).await;
+            let _: redis::RedisResult<i64> =
+                c.zrem(self.keys.subject(&r.subject), &r.token_id).await;
+            if !r.grant_id.is_empty() {
+                let _: redis::RedisResult<i64> =
+                    c.srem(self.keys.grant(&r.grant_id), &r.token_id).await;
+            }
+        }
+    }
+
+    /// The (token id, hash) pairs a revocation target names.
+    async fn resolve(
+        &self,
+        c: &mut Conn,
+        target: &RevokeTarget,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let ids: Vec<String> = match target {
+            RevokeTarget::Token(h) => {
+                let hex = h.to_hex();
+                let id: Option<String> = c
+                    .hget(self.keys.record(&hex), "i")
+                    .await
+                    .map_err(unavailable)?;
+                return Ok(id.map(|id| vec![(id, hex)]).unwrap_or_default());
+            }
+            RevokeTarget::TokenId(id) => vec![id.clone()],
+            RevokeTarget::GrantId(g) => {
+                c.smembers(self.keys.grant(g)).await.map_err(unavailable)?
+            }
+            RevokeTarget::SubjectClient { subject, .. } | RevokeTarget::Subject(subject) => c
+                .zrange(self.keys.subject(subject), 0, -1)
+                .await
+                .map_err(unavailable)?,
+        };
+        let pairs = each(c, ids, |mut c, id| async move {
+            let hex: Option<String> = c.get(self.keys.id(&id)).await.map_err(unavailable)?;
+            Ok(hex.map(|hex| (id, hex)))
+        })
+        .await?;
+        Ok(pairs.into_iter().flatten().collect())
+    }
+
+    /// Appends one event to the revocation stream and publishes it (one script on the stream's
+    /// slot). On failure a background task keeps trying for a while (see `RedisStore::revoke_with`).
+    async fn publish(
+        &self,
+        c: &mut Conn,
+        granularity: &str,
+        hexes: &[String],
+    ) -> Result<(), StoreError> {
+        match self.publish_once(c, granularity, hexes).await {
+            Ok(()) => {
+                self.confirm(c, hexes).await;
+                Ok(())
+            }
+            Err(e) => {
+                let store = self.clone();
+                let (granularity, hexes) = (granularity.to_owned(), hexes.to_vec());
+                tokio::spawn(async move { store.republish(granularity, hexes).await });
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        c: &mut Conn,
+        granularity: &str,
+        hexes: &[String],
+    ) -> Result<(), StoreError> {
+        let stream = self.keys.revocations();
+        let _: String = self
+            .scripts
+            .publish
+            .key(&stream)
+            .key(&stream)
+            .arg(granularity)
+            .arg(now_ms())
+            .arg(self.min_id())
+            .arg(hexes.join(","))
+            .arg(if self.cluster { "1" } else { "0" })
+            .invoke_async(c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Marks records as published (best effort: an unmarked one is only published again).
+    async fn confirm(&self, c: &mut Conn, hexes: &[String]) {
+        let _ = each(c, hexes.to_vec(), |mut c, hex| async move {
+            let _: redis::RedisResult<i64> = self
+                .scripts
+                .confirm
+                .key(self.keys.record(&hex))
+                .invoke_async(&mut c)
+                .await;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Retries an event that could not be published, with backoff, for [`REPUBLISH_FOR`].
+    async fn republish(self, granularity: String, hexes: Vec<String>) {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        tracing::warn!(
+            granularity,
+            tokens = hexes.len(),
+            "revocation event not published; retrying in the background"
+        );
+        while started.elapsed() < REPUBLISH_FOR {
+            tokio::time::sleep(wait).await;
+            let mut c = self.conn.clone();
+            let attempt = tokio::time::timeout(
+                self.timeout * 2,
+                self.publish_once(&mut c, &granularity, &hexes),
+            )
+            .await;
+            if matches!(attempt, Ok(Ok(()))) {
+                self.confirm(&mut c, &hexes).await;
+                tracing::info!(
+                    granularity,
+                    tokens = hexes.len(),
+                    "revocation event published on retry"
+                );
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+        tracing::error!(
+            granularity,
+            tokens = hexes.len(),
+            "gave up publishing a revocation event; revoke the tokens again to publish it"
+        );
+    }
+
+    /// Revokes what `target` names. Records live on many slots and the revocation log on one,
+    /// so this cannot be one transaction on a cluster. The order makes every interruption safe:
+    ///
+    /// 1. Each record is marked revoked (`r`) and unpublished (`p`) by a script on its own slot.
+    ///    From here any replica that reads the store refuses the token: a cache miss, a replica
+    ///    past its lease, a replica whose cache was flushed.
+    /// 2. One event naming every hash goes to the stream and the channel (a script on the log's
+    ///    slot); then `p` is cleared.
+    ///
+    /// If step 2 fails, the call returns `UNAVAILABLE` (never success), and this replica keeps
+    /// retrying the event in the background. Replicas whose cache still holds the token are
+    /// covered in every case: if the log's node is down their feeds cannot confirm either, so
+    /// their lease runs out and they read the store (which says revoked), and when their feed
+    /// comes back after the lease ran out they flush their cache; if only this replica cannot
+    /// publish, the background retry or the caller's retry publishes. A retry is idempotent:
+    /// records still marked `p` are published again (and reported again, as this call is the
+    /// one that completes them), records whose revocation was published are not.
+    ///
+    /// Publishing first would be unsafe: a replica could refill its cache from the store
+    /// between the event and the record change, and keep an allowed entry for a revoked token.
     async fn revoke_with(
         &self,
-        conn: &mut ConnectionManager,
+        c: &mut Conn,
         target: RevokeTarget,
         now: i64,
     ) -> Result<Vec<Changed>, StoreError> {
-        let (mode, a, b, gran) = match target {
-            RevokeTarget::Token(h) => ("hash", h.to_hex(), String::new(), "token"),
-            RevokeTarget::TokenId(id) => ("id", id, String::new(), "token"),
-            RevokeTarget::GrantId(g) => ("grant", g, String::new(), "grant"),
-            RevokeTarget::SubjectClient { subject, client_id } => {
-                ("subject_client", subject, client_id, "grant")
-            }
-            RevokeTarget::Subject(s) => ("subject", s, String::new(), "subject"),
+        let granularity = match &target {
+            RevokeTarget::Token(_) | RevokeTarget::TokenId(_) => "token",
+            RevokeTarget::GrantId(_) | RevokeTarget::SubjectClient { .. } => "grant",
+            RevokeTarget::Subject(_) => "subject",
         };
-        let flat: Vec<String> = self
-            .scripts
-            .revoke
-            .arg(&*self.prefix)
-            .arg(now)
-            .arg(now_ms())
-            .arg(self.min_id())
-            .arg(mode)
-            .arg(a)
-            .arg(b)
-            .arg(gran)
-            .invoke_async(conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(parse_changed(flat))
+        let client = match &target {
+            RevokeTarget::SubjectClient { client_id, .. } => Some(client_id.clone()),
+            _ => None,
+        };
+        let pairs = self.resolve(c, &target).await?;
+        let (only, client) = match &client {
+            Some(cl) => ("1", cl.as_str()),
+            None => ("0", ""),
+        };
+        let marked = each(c, pairs, |mut c, (id, hex)| async move {
+            let done: i64 = self
+                .scripts
+                .revoke_record
+                .key(self.keys.record(&hex))
+                .arg(now)
+                .arg(only)
+                .arg(client)
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok((done != 0).then_some((id, hex)))
+        })
+        .await?;
+        let mut changed = Vec::new();
+        let mut hexes = Vec::new();
+        for (id, hex) in marked.into_iter().flatten() {
+            if let Some(hash) = hex_hash(&hex) {
+                changed.push(Changed { hash, token_id: id });
+                hexes.push(hex);
+            }
+        }
+        if !hexes.is_empty() {
+            self.publish(c, granularity, &hexes).await?;
+        }
+        Ok(changed)
     }
+}
+
+/// A cluster client for `nodes` (RESP2 unless the caller asks for more).
+pub(crate) fn cluster_builder(
+    nodes: &[String],
+    connect: Duration,
+    response: Duration,
+) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(connect)
+        .response_timeout(response)
+        .retries(2)
+        .min_retry_wait(20)
+        .max_retry_wait(200)
 }
 
 impl TokenStore for RedisStore {
     fn get(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
-        let key = self.key("t", &hash.to_hex());
+        let key = self.keys.record(&hash.to_hex());
         self.read(move |mut c| {
             let key = key.clone();
             async move { Self::hgetall(&mut c, &key).await }
@@ -449,13 +841,13 @@ impl TokenStore for RedisStore {
     }
 
     fn get_by_id(&self, token_id: String) -> StoreFuture<'_, Option<TokenRecord>> {
-        let id_key = self.key("i", &token_id);
+        let id_key = self.keys.id(&token_id);
         self.read(move |mut c| {
             let id_key = id_key.clone();
             async move {
                 let hex: Option<String> = c.get(&id_key).await.map_err(unavailable)?;
                 match hex {
-                    Some(h) => Self::hgetall(&mut c, &self.key("t", &h)).await,
+                    Some(h) => Self::hgetall(&mut c, &self.keys.record(&h)).await,
                     None => Ok(None),
                 }
             }
@@ -463,22 +855,13 @@ impl TokenStore for RedisStore {
     }
 
     fn insert(&self, records: Vec<TokenRecord>) -> StoreFuture<'_, ()> {
-        self.call(move |mut c| async move {
-            let mut inv = self.scripts.insert.arg(&*self.prefix);
-            inv.arg(records.len());
-            for r in &records {
-                for a in record_args(r) {
-                    inv.arg(a);
-                }
-            }
-            let _: i64 = inv
-                .invoke_async(&mut c)
-                .await
-                .map_err(|e| conflict_or_unavailable(&e))?;
-            Ok(())
-        })
+        self.steps(move |mut c| async move { self.insert_records(&mut c, &records).await })
     }
 
+    /// Rotation: the new key is written completely (see `insert_records`) before the old one is
+    /// shortened, so a failure in between leaves the old key working and the new one unknown to
+    /// anyone. The old record's new expiry is then published like a revocation (step 2 of
+    /// `RedisStore::revoke_with`, with the same failure handling).
     fn rotate(
         &self,
         old_id: String,
@@ -486,42 +869,60 @@ impl TokenStore for RedisStore {
         new: TokenRecord,
         now: i64,
     ) -> StoreFuture<'_, Option<TokenRecord>> {
-        self.call(move |mut c| async move {
-            let id_key = self.key("i", &old_id);
+        self.steps(move |mut c| async move {
+            let id_key = self.keys.id(&old_id);
             let hex: Option<String> = c.get(&id_key).await.map_err(unavailable)?;
             let Some(hex) = hex else { return Ok(None) };
-            let Some(before) = Self::hgetall(&mut c, &self.key("t", &hex)).await? else {
+            let rk = self.keys.record(&hex);
+            let Some(before) = Self::hgetall(&mut c, &rk).await? else {
                 return Ok(None);
             };
-            let mut inv = self.scripts.rotate.arg(&*self.prefix);
-            inv.arg(now)
-                .arg(now_ms())
-                .arg(self.min_id())
-                .arg(&old_id)
-                .arg(old_expires_at);
-            for a in record_args(&new) {
-                inv.arg(a);
+            if before.kind != TokenKind::ApiKey
+                || before.is_revoked()
+                || before.spent_at != 0
+                || before.is_expired(now)
+            {
+                return Ok(None);
             }
-            let done: i64 = inv
+            let new = [new];
+            self.insert_records(&mut c, &new).await?;
+            let set: i64 = self
+                .scripts
+                .rotate_old
+                .key(&rk)
+                .arg(now)
+                .arg(old_expires_at)
                 .invoke_async(&mut c)
                 .await
-                .map_err(|e| conflict_or_unavailable(&e))?;
-            Ok((done == 1).then_some(before))
+                .map_err(unavailable)?;
+            if set == 0 {
+                // Revoked or rotated by someone else meanwhile.
+                self.remove_records(&mut c, &new).await;
+                return Ok(None);
+            }
+            let _: redis::RedisResult<i64> = c.expire_at(&id_key, set).await;
+            self.publish(&mut c, "update", &[hex]).await?;
+            Ok(Some(before))
         })
     }
 
+    /// Refresh: the successors are written first (unknown to anyone until this call returns
+    /// them), then the refresh token is spent by one script on its slot, which re-checks
+    /// `spent_at`, so reuse detection stays atomic across replicas. A refresh that loses the
+    /// race removes its successors and is treated as reuse.
     fn spend_refresh(
         &self,
         hash: TokenHash,
         now: i64,
         successors: Successors,
     ) -> StoreFuture<'_, SpendOutcome> {
-        self.call(move |mut c| async move {
-            let hex = hash.to_hex();
-            let Some(old) = Self::hgetall(&mut c, &self.key("t", &hex)).await? else {
+        self.steps(move |mut c| async move {
+            let rk = self.keys.record(&hash.to_hex());
+            let Some(old) = Self::hgetall(&mut c, &rk).await? else {
                 return Ok(SpendOutcome::Refused(RefreshRefusal::Unknown));
             };
-            let reuse = |c: ConnectionManager, grant: String| async move {
+            let grant = old.grant_id.clone();
+            let reuse = |c: Conn| async move {
                 let mut c = c;
                 let revoked = self
                     .revoke_with(&mut c, RevokeTarget::GrantId(grant), now)
@@ -531,26 +932,35 @@ impl TokenStore for RedisStore {
             match RefreshState::of(&old, now) {
                 RefreshState::Usable => {}
                 RefreshState::Refused(r) => return Ok(SpendOutcome::Refused(r)),
-                RefreshState::Reused => return reuse(c, old.grant_id.clone()).await,
+                RefreshState::Reused => return reuse(c).await,
             }
             let issued = match successors(&old) {
                 Ok(v) => v,
                 Err(r) => return Ok(SpendOutcome::Refused(r)),
             };
-            let [first, second] = issued.as_slice() else {
+            if issued.len() != 2 {
                 return Err(StoreError::Corrupt(
                     "a refresh must issue exactly two tokens".into(),
                 ));
-            };
-            let mut inv = self.scripts.spend.arg(&*self.prefix);
-            inv.arg(now).arg(&hex);
-            for a in record_args(first).into_iter().chain(record_args(second)) {
-                inv.arg(a);
             }
-            let outcome: String = inv
+            self.insert_records(&mut c, &issued).await?;
+            let outcome: String = match self
+                .scripts
+                .spend
+                .key(&rk)
+                .arg(now)
                 .invoke_async(&mut c)
                 .await
-                .map_err(|e| conflict_or_unavailable(&e))?;
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    self.remove_records(&mut c, &issued).await;
+                    return Err(unavailable(e));
+                }
+            };
+            if outcome != "OK" {
+                self.remove_records(&mut c, &issued).await;
+            }
             match outcome.as_str() {
                 "OK" => {
                     let mut spent = old;
@@ -561,7 +971,7 @@ impl TokenStore for RedisStore {
                     })
                 }
                 // Spent by a concurrent refresh between our read and the script: reuse.
-                "REUSED" => reuse(c, old.grant_id.clone()).await,
+                "REUSED" => reuse(c).await,
                 "REVOKED" => Ok(SpendOutcome::Refused(RefreshRefusal::Revoked)),
                 "EXPIRED" => Ok(SpendOutcome::Refused(RefreshRefusal::Expired)),
                 _ => Ok(SpendOutcome::Refused(RefreshRefusal::Unknown)),
@@ -570,12 +980,12 @@ impl TokenStore for RedisStore {
     }
 
     fn revoke(&self, target: RevokeTarget, now: i64) -> StoreFuture<'_, Vec<Changed>> {
-        self.call(move |mut c| async move { self.revoke_with(&mut c, target, now).await })
+        self.steps(move |mut c| async move { self.revoke_with(&mut c, target, now).await })
     }
 
     fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage> {
-        self.call(move |mut c| async move {
-            let sk = self.key("s", &q.subject);
+        self.steps(move |mut c| async move {
+            let sk = self.keys.subject(&q.subject);
             let mut page = ListPage::default();
             let mut cursor = match &q.after {
                 Some(a) => format!("({a}"),
@@ -597,18 +1007,19 @@ impl TokenStore for RedisStore {
                 if ids.is_empty() {
                     return Ok(page);
                 }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.get(self.key("i", id));
-                }
-                let hexes: Vec<Option<String>> =
-                    pipe.query_async(&mut c).await.map_err(unavailable)?;
+                // One slot per id and per record (no multi-key pipeline on a cluster): the
+                // lookups run side by side instead.
+                let records = each(&c, ids.clone(), |mut c, id| async move {
+                    let hex: Option<String> =
+                        c.get(self.keys.id(&id)).await.map_err(unavailable)?;
+                    match hex {
+                        Some(h) => Self::hgetall(&mut c, &self.keys.record(&h)).await,
+                        None => Ok(None),
+                    }
+                })
+                .await?;
                 let mut stale = Vec::new();
-                for (id, hex) in ids.iter().zip(hexes) {
-                    let rec = match hex {
-                        Some(h) => Self::hgetall(&mut c, &self.key("t", &h)).await?,
-                        None => None,
-                    };
+                for (id, rec) in ids.iter().zip(records) {
                     let Some(r) = rec else {
                         stale.push(id.clone());
                         continue;
@@ -630,17 +1041,29 @@ impl TokenStore for RedisStore {
     }
 
     fn touch(&self, used: Vec<(TokenHash, i64)>) -> StoreFuture<'_, ()> {
-        self.call(move |mut c| async move {
-            let mut inv = self.scripts.touch.arg(&*self.prefix);
+        self.steps(move |c| async move {
+            // One script per slot on a cluster (all keys of a script must share a slot).
+            let mut groups: HashMap<Option<Slot>, Vec<(String, i64)>> = HashMap::new();
             for (h, t) in &used {
-                inv.arg(h.to_hex()).arg(*t);
+                let key = self.keys.record(&h.to_hex());
+                let slot = self.cluster.then(|| Slot::for_key(&key));
+                groups.entry(slot).or_default().push((key, *t));
             }
-            let _: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            each(&c, groups.into_values(), |mut c, group| async move {
+                let mut inv = self.scripts.touch.prepare_invoke();
+                for (k, t) in group {
+                    inv.key(k).arg(t);
+                }
+                let _: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+                Ok(())
+            })
+            .await?;
             Ok(())
         })
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
+        // On a cluster PING goes to every primary: the store is reachable only when all are.
         self.read(|mut c| async move {
             let _: String = redis::cmd("PING")
                 .query_async(&mut c)
@@ -654,6 +1077,47 @@ impl TokenStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_name_every_seed_node() {
+        let t = RedisTarget::parse("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        assert_eq!(
+            t,
+            RedisTarget::Cluster(vec![
+                "redis://u:p@10.0.0.1:7000".into(),
+                "redis://u:p@10.0.0.2:7001".into()
+            ])
+        );
+        assert!(matches!(
+            RedisTarget::parse("redis://127.0.0.1:6379/0"),
+            Ok(RedisTarget::Server(_))
+        ));
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,",
+            "redis+cluster://a:1/0",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_spread_over_slots_and_the_log_shares_one() {
+        let k = Keys::new("navis-auth:");
+        let h = TokenHash::of("x").to_hex();
+        assert_eq!(k.record(&h), format!("navis-auth:t:{{{h}}}"));
+        assert_eq!(
+            Slot::for_key(k.revocations()),
+            Slot::for_key(k.epoch()),
+            "stream, channel and epoch on one slot"
+        );
+        let slots: std::collections::HashSet<Slot> = (0..64)
+            .map(|i| Slot::for_key(k.record(&TokenHash::of(&i.to_string()).to_hex())))
+            .collect();
+        assert!(slots.len() > 60, "records spread: {} slots", slots.len());
+        // A subject with braces still gives one key, on one slot, for its index.
+        assert_eq!(k.subject("a}b"), "navis-auth:s:{a}b}");
+    }
 
     #[test]
     fn hex_round_trip() {

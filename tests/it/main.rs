@@ -15,6 +15,8 @@ mod middleware;
 mod observability;
 mod proxy;
 mod redis;
+mod redis_cluster;
+mod redis_cluster_server;
 mod redis_server;
 mod replica;
 mod validate;

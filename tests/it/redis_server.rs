@@ -26,11 +26,24 @@ impl RedisServer {
             dir,
             child: None,
         };
-        s.spawn();
-        s
+        // A free port can be taken by another test's process before redis-server binds it.
+        for _ in 0..5 {
+            if s.spawn() {
+                return s;
+            }
+            s.port = free_port();
+        }
+        panic!("redis-server could not bind a free port in 5 attempts");
     }
 
-    fn spawn(&mut self) {
+    /// Whether the server answering on the port is this one (its own dir), not another test's.
+    fn is_ours(&self) -> bool {
+        let name = self.dir.path().file_name().and_then(|n| n.to_str());
+        name.is_some_and(|n| self.cli(&["CONFIG", "GET", "dir"]).contains(n))
+    }
+
+    /// Starts the process; false when it exited at once (its port was taken).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -43,8 +56,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.ping() {
-                return;
+            if let Some(c) = self.child.as_mut()
+                && matches!(c.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return false;
+            }
+            if self.ping() && self.is_ours() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -85,14 +104,14 @@ impl RedisServer {
 
     /// Starts it again on the same port, loading what `shutdown_save` wrote.
     pub fn start_again(&mut self) {
-        self.spawn();
+        assert!(self.spawn(), "port {} was taken meanwhile", self.port);
     }
 
     /// Starts it again on the same port, empty (it keeps nothing on disk).
     pub fn restart_empty(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
-        self.spawn();
+        assert!(self.spawn(), "port {} was taken meanwhile", self.port);
     }
 
     /// Runs `redis-cli` against this server and returns its output.
