@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (Validator, TokenAdmin and HTTP listeners).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, rotate and revoke API keys.
     Keys {
         /// The keys subcommand.
@@ -242,6 +242,17 @@ pub struct ServeArgs {
     /// HTTP listener for /healthz and /readyz.
     #[arg(long, env = "NAVIS_AUTH_HTTP_LISTEN", default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
+    /// TLS on both gRPC listeners: the server's certificate chain (PEM, leaf first). Needs
+    /// --tls-key. The HTTP listener stays plaintext.
+    #[arg(long, env = "NAVIS_AUTH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "NAVIS_AUTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: CA bundle (PEM); clients of both gRPC listeners must present a certificate it
+    /// signed. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "NAVIS_AUTH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Local state: the embedded store and a generated admin token
     /// [default: $XDG_DATA_HOME/navis-auth or ~/.local/share/navis-auth].
     #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
@@ -331,6 +342,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// HTTP listener.
     pub http_listen: SocketAddr,
+    /// TLS on the gRPC listeners (files read at startup).
+    pub tls: Option<crate::tls::ServerTlsFiles>,
     /// Local state directory.
     pub data_dir: PathBuf,
     /// The store.
@@ -396,6 +409,14 @@ impl From<ServeArgs> for Config {
             listen: a.listen,
             admin_listen: a.admin_listen,
             http_listen: a.http_listen,
+            tls: a
+                .tls_cert
+                .zip(a.tls_key)
+                .map(|(cert, key)| crate::tls::ServerTlsFiles {
+                    cert,
+                    key,
+                    client_ca: a.tls_client_ca,
+                }),
             challenges: Challenges::new(a.resource_metadata_url).unwrap_or_default(),
             data_dir,
             store,
