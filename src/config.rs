@@ -181,20 +181,21 @@ pub enum RevokeCmd {
 /// How client subcommands reach the service.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Validator address.
+    /// Validator address: `host:port` (http, or https with --tls-ca), `http://…` or
+    /// `https://…`.
     #[arg(
         long,
         global = true,
         env = "NAVIS_AUTH_ADDR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "127.0.0.1:50051"
     )]
     pub addr: String,
-    /// TokenAdmin address.
+    /// TokenAdmin address (same forms as --addr).
     #[arg(
         long,
         global = true,
         env = "NAVIS_AUTH_ADMIN_ADDR",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "127.0.0.1:50052"
     )]
     pub admin_addr: String,
     /// Admin token (prefer the file or the environment: flags show up in `ps`).
@@ -211,6 +212,35 @@ pub struct ClientArgs {
     /// The service's data directory, where it keeps a generated admin token.
     #[arg(long, global = true, env = "NAVIS_AUTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Connect with TLS, trusting this CA bundle (PEM) to have signed the server's certificate
+    /// (addresses without a scheme then mean https://).
+    #[arg(long, global = true, env = "NAVIS_AUTH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS: the client certificate chain (PEM) to present. Needs --tls-client-key and --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_TLS_CLIENT_CERT",
+        requires_all = ["tls_client_key", "tls_ca"]
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+    /// mTLS: the private key (PEM) of --tls-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
+    /// Check the server's certificate against this name instead of the address's host (e.g.
+    /// through `kubectl port-forward` to localhost). Needs --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_TLS_SERVER_NAME",
+        requires = "tls_ca"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 impl ClientArgs {

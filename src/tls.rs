@@ -240,3 +240,90 @@ impl ClientTls {
             .map_err(|e| TlsError::new(address, chain(&e)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::config::{Cli, Config, ServeArgs};
+
+    fn env_of(cmd: &clap::Command, id: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn flags_have_their_environment_twins() {
+        let serve = ServeArgs::command();
+        for (id, env) in [
+            ("tls_cert", "NAVIS_AUTH_TLS_CERT"),
+            ("tls_key", "NAVIS_AUTH_TLS_KEY"),
+            ("tls_client_ca", "NAVIS_AUTH_TLS_CLIENT_CA"),
+        ] {
+            assert_eq!(env_of(&serve, id).as_deref(), Some(env), "{id}");
+        }
+        let cli = Cli::command();
+        let keys = cli.find_subcommand("keys").expect("keys");
+        for (id, env) in [
+            ("tls_ca", "NAVIS_AUTH_TLS_CA"),
+            ("tls_client_cert", "NAVIS_AUTH_TLS_CLIENT_CERT"),
+            ("tls_client_key", "NAVIS_AUTH_TLS_CLIENT_KEY"),
+            ("tls_server_name", "NAVIS_AUTH_TLS_SERVER_NAME"),
+        ] {
+            assert_eq!(env_of(keys, id).as_deref(), Some(env), "{id}");
+        }
+    }
+
+    #[test]
+    fn cert_and_key_go_together_and_client_ca_needs_both() {
+        let c =
+            Config::try_parse_from(["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(ServerTlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: None,
+            })
+        );
+        assert!(Config::try_parse_from(["serve"]).unwrap().tls.is_none());
+        for (args, missing) in [
+            (&["--tls-cert", "c.pem"][..], "--tls-key"),
+            (&["--tls-key", "k.pem"][..], "--tls-cert"),
+            (&["--tls-client-ca", "ca.pem"][..], "--tls-cert"),
+        ] {
+            let e = Config::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .unwrap_err();
+            assert!(e.to_string().contains(missing), "{args:?}: {e}");
+        }
+        let list = ["navis-auth", "keys", "list", "--subject", "a"];
+        assert!(Cli::try_parse_from(list).is_ok());
+        let e =
+            Cli::try_parse_from(list.iter().chain(&["--tls-client-cert", "c.pem"])).unwrap_err();
+        assert!(e.to_string().contains("--tls-client-key"), "{e}");
+    }
+
+    #[test]
+    fn pem_problems_never_quote_the_file() {
+        let key = b"-----BEGIN PRIVATE KEY-----\nSECRET!!\n-----END PRIVATE KEY-----\n";
+        let e = check_key(key).unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(check_key(b"").is_err());
+        assert!(check_certs(b"-----BEGIN CERTIFICATE-----\nAAAA\n").is_err());
+        assert!(check_certs(b"nothing here").is_err());
+        assert!(ClientTls::new(b"nothing").is_err());
+        let e = server_config(&ServerTlsFiles {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+            client_ca: None,
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--tls-cert /nonexistent/c.pem: "),
+            "{e}"
+        );
+    }
+}
