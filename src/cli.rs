@@ -54,10 +54,11 @@ async fn connect(addr: &str, c: &ClientArgs) -> Result<Channel> {
     } else {
         "is `navis-auth serve` running?"
     };
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach navis-auth at {uri} ({hint})"))
+    endpoint.connect().await.map_err(|e| {
+        let mut text = format!("cannot reach navis-auth at {uri} ({hint}): {e}");
+        append_causes(&mut text, std::error::Error::source(&e));
+        anyhow::anyhow!(text)
+    })
 }
 
 /// The client TLS settings from `--tls-ca`, `--tls-client-cert`, `--tls-client-key` and
@@ -117,7 +118,13 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     // A call that failed in transport ("transport error") says why in its sources: e.g. the
     // server refused the TLS handshake after it completed on our side (TLS 1.3, mTLS).
     let mut text = format!("{:?}: {}", s.code(), s.message());
-    let mut source = std::error::Error::source(&s);
+    append_causes(&mut text, std::error::Error::source(&s));
+    anyhow::anyhow!(text)
+}
+
+/// Appends `source` and its causes, skipping one that repeats what the text already ends with
+/// (tonic's connect errors show their cause and also return it as their source).
+fn append_causes(text: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.ends_with(&cause_text) {
@@ -126,7 +133,6 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
         }
         source = cause.source();
     }
-    anyhow::anyhow!(text)
 }
 
 fn secs(d: Option<Duration>) -> i64 {
