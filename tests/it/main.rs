@@ -17,4 +17,5 @@ mod proxy;
 mod redis;
 mod redis_server;
 mod replica;
+mod tls;
 mod validate;
