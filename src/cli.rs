@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{ClientArgs, KeysCmd, OauthCmd, RevokeCmd};
 use crate::pb::{self, token_admin_client::TokenAdminClient, validator_client::ValidatorClient};
+use crate::tls::ClientTls;
 
 /// Exit code of `validate` for a denial (ALLOW is 0).
 pub const EXIT_DENIED: u8 = 1;
@@ -29,20 +30,52 @@ impl Interceptor for AdminBearer {
 type Admin =
     TokenAdminClient<tonic::service::interceptor::InterceptedService<Channel, AdminBearer>>;
 
-async fn connect(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
+/// Connects to `addr`: `https://` uses the `--tls-*` settings (which must be given), `http://`
+/// is plaintext, and a bare `host:port` means https when `--tls-ca` is given, else http.
+async fn connect(addr: &str, c: &ClientArgs) -> Result<Channel> {
+    let tls = client_tls(c)?;
+    let uri = match (addr.contains("://"), &tls) {
+        (true, _) => addr.to_owned(),
+        (false, Some(_)) => format!("https://{addr}"),
+        (false, None) => format!("http://{addr}"),
     };
-    Endpoint::from_shared(uri.clone())
+    let mut endpoint = Endpoint::from_shared(uri.clone())
         .with_context(|| format!("bad address {addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| {
-            format!("cannot reach navis-auth at {uri} (is `navis-auth serve` running?)")
-        })
+        .connect_timeout(Duration::from_secs(5));
+    match (&tls, endpoint.uri().scheme_str() == Some("https")) {
+        (Some(tls), _) => endpoint = tls.apply(endpoint)?,
+        (None, true) => anyhow::bail!(
+            "{uri} needs --tls-ca (NAVIS_AUTH_TLS_CA): the CA bundle that signed the server's certificate"
+        ),
+        (None, false) => {}
+    }
+    let hint = if tls.is_some() {
+        "is `navis-auth serve` running with --tls-cert, signed by --tls-ca, for this host name?"
+    } else {
+        "is `navis-auth serve` running?"
+    };
+    endpoint.connect().await.map_err(|e| {
+        let mut text = format!("cannot reach navis-auth at {uri} ({hint}): {e}");
+        append_causes(&mut text, std::error::Error::source(&e));
+        anyhow::anyhow!(text)
+    })
+}
+
+/// The client TLS settings from `--tls-ca`, `--tls-client-cert`, `--tls-client-key` and
+/// `--tls-server-name`.
+fn client_tls(c: &ClientArgs) -> Result<Option<ClientTls>> {
+    let Some(ca) = &c.tls_ca else {
+        return Ok(None);
+    };
+    let identity = c
+        .tls_client_cert
+        .as_deref()
+        .zip(c.tls_client_key.as_deref());
+    let tls = ClientTls::from_files(ca, identity)?;
+    Ok(Some(match &c.tls_server_name {
+        Some(name) => tls.with_server_name(name),
+        None => tls,
+    }))
 }
 
 async fn admin(c: &ClientArgs) -> Result<Admin> {
@@ -64,7 +97,7 @@ async fn admin(c: &ClientArgs) -> Result<Admin> {
     let value: MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .context("the admin token holds characters that cannot be sent")?;
-    let ch = connect(&c.admin_addr).await?;
+    let ch = connect(&c.admin_addr, c).await?;
     Ok(TokenAdminClient::with_interceptor(ch, AdminBearer(value)))
 }
 
@@ -82,7 +115,24 @@ fn secret_arg(arg: &str) -> Result<String> {
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    // A call that failed in transport ("transport error") says why in its sources: e.g. the
+    // server refused the TLS handshake after it completed on our side (TLS 1.3, mTLS).
+    let mut text = format!("{:?}: {}", s.code(), s.message());
+    append_causes(&mut text, std::error::Error::source(&s));
+    anyhow::anyhow!(text)
+}
+
+/// Appends `source` and its causes, skipping one that repeats what the text already ends with
+/// (tonic's connect errors show their cause and also return it as their source).
+fn append_causes(text: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
 }
 
 fn secs(d: Option<Duration>) -> i64 {
@@ -282,7 +332,7 @@ pub async fn validate(
     c: &ClientArgs,
 ) -> Result<u8> {
     let token = secret_arg(token)?;
-    let mut v = ValidatorClient::new(connect(&c.addr).await?);
+    let mut v = ValidatorClient::new(connect(&c.addr, c).await?);
     let required_scopes = scopes
         .iter()
         .flat_map(|s| s.split([' ', ',']))

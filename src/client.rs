@@ -11,6 +11,18 @@
 //! # let _ = layer; Ok(()) }
 //! ```
 //!
+//! Over TLS (a server started with `--tls-cert`, and `--tls-client-ca` for mTLS), use an
+//! `https://` address and [`NavisAuth::connect_lazy_tls`]:
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use navis_auth::{client::NavisAuth, tls::ClientTls};
+//! let tls = ClientTls::new(&std::fs::read("ca.crt")?)?
+//!     .with_identity(&std::fs::read("client.crt")?, &std::fs::read("client.key")?)?;
+//! let auth = NavisAuth::connect_lazy_tls("https://navis-auth.navis-auth.svc:50051", &tls)?;
+//! # let _ = auth; Ok(()) }
+//! ```
+//!
 //! The layer takes the `Authorization` header, calls `Validate` with the route's required
 //! scopes, and answers 401/403 with the challenge navis-auth built (or 503 when navis-auth cannot
 //! answer), so handlers only ever see authenticated requests. The caller's identity is passed to
@@ -26,6 +38,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::{self, validator_client::ValidatorClient};
+use crate::tls::ClientTls;
 
 /// Who made a request, as navis-auth answered; inserted as a request extension.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,27 +61,43 @@ pub struct NavisAuth {
     resource: Arc<str>,
 }
 
-/// Why a client could not be made.
+/// Why a client could not be made: a bad address or unusable TLS settings.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid navis-auth address: {0}")]
+#[error("cannot set up a navis-auth client: {0}")]
 pub struct BadAddress(String);
 
 impl NavisAuth {
     /// A client for `addr` (`http://host:port`) that connects on first use.
     ///
     /// # Errors
-    /// When `addr` is not a valid URI.
+    /// When `addr` is not a valid URI, or is `https://` (use [`NavisAuth::connect_lazy_tls`]).
     pub fn connect_lazy(addr: &str) -> Result<Self, BadAddress> {
-        let endpoint = Endpoint::from_shared(addr.to_owned())
-            .map_err(|e| BadAddress(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30));
-        Ok(NavisAuth {
+        let endpoint = endpoint(addr)?;
+        if endpoint.uri().scheme_str() == Some("https") {
+            return Err(BadAddress(format!(
+                "{addr}: an https:// address needs connect_lazy_tls with the server's CA"
+            )));
+        }
+        Ok(Self::with_endpoint(endpoint))
+    }
+
+    /// A client for a TLS listener at `addr` (`https://host:port`; the certificate must name
+    /// `host`, or see [`ClientTls::with_server_name`]) that connects on first use.
+    ///
+    /// # Errors
+    /// When `addr` is not a valid `https://` URI, or tonic refuses the TLS settings.
+    pub fn connect_lazy_tls(addr: &str, tls: &ClientTls) -> Result<Self, BadAddress> {
+        let endpoint = tls
+            .apply(endpoint(addr)?)
+            .map_err(|e| BadAddress(e.to_string()))?;
+        Ok(Self::with_endpoint(endpoint))
+    }
+
+    fn with_endpoint(endpoint: Endpoint) -> Self {
+        NavisAuth {
             client: ValidatorClient::new(endpoint.connect_lazy()),
             resource: Arc::from(""),
-        })
+        }
     }
 
     /// Every validation from this handle names `resource` (RFC 8707): tokens bound to another
@@ -99,6 +128,15 @@ impl NavisAuth {
             .await
             .map(tonic::Response::into_inner)
     }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, BadAddress> {
+    Ok(Endpoint::from_shared(addr.to_owned())
+        .map_err(|e| BadAddress(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30)))
 }
 
 /// A `tower` layer requiring a valid token with the given scopes.

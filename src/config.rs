@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (Validator, TokenAdmin and HTTP listeners).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, rotate and revoke API keys.
     Keys {
         /// The keys subcommand.
@@ -181,20 +181,21 @@ pub enum RevokeCmd {
 /// How client subcommands reach the service.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Validator address.
+    /// Validator address: `host:port` (http, or https with --tls-ca), `http://…` or
+    /// `https://…`.
     #[arg(
         long,
         global = true,
         env = "NAVIS_AUTH_ADDR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "127.0.0.1:50051"
     )]
     pub addr: String,
-    /// TokenAdmin address.
+    /// TokenAdmin address (same forms as --addr).
     #[arg(
         long,
         global = true,
         env = "NAVIS_AUTH_ADMIN_ADDR",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "127.0.0.1:50052"
     )]
     pub admin_addr: String,
     /// Admin token (prefer the file or the environment: flags show up in `ps`).
@@ -211,6 +212,35 @@ pub struct ClientArgs {
     /// The service's data directory, where it keeps a generated admin token.
     #[arg(long, global = true, env = "NAVIS_AUTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Connect with TLS, trusting this CA bundle (PEM) to have signed the server's certificate
+    /// (addresses without a scheme then mean https://).
+    #[arg(long, global = true, env = "NAVIS_AUTH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS: the client certificate chain (PEM) to present. Needs --tls-client-key and --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_TLS_CLIENT_CERT",
+        requires_all = ["tls_client_key", "tls_ca"]
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+    /// mTLS: the private key (PEM) of --tls-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
+    /// Check the server's certificate against this name instead of the address's host (e.g.
+    /// through `kubectl port-forward` to localhost). Needs --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "NAVIS_AUTH_TLS_SERVER_NAME",
+        requires = "tls_ca"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 impl ClientArgs {
@@ -242,6 +272,17 @@ pub struct ServeArgs {
     /// HTTP listener for /healthz and /readyz.
     #[arg(long, env = "NAVIS_AUTH_HTTP_LISTEN", default_value = "127.0.0.1:9090")]
     pub http_listen: SocketAddr,
+    /// TLS on both gRPC listeners: the server's certificate chain (PEM, leaf first). Needs
+    /// --tls-key. The HTTP listener stays plaintext.
+    #[arg(long, env = "NAVIS_AUTH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "NAVIS_AUTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: CA bundle (PEM); clients of both gRPC listeners must present a certificate it
+    /// signed. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "NAVIS_AUTH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Local state: the embedded store and a generated admin token
     /// [default: $XDG_DATA_HOME/navis-auth or ~/.local/share/navis-auth].
     #[arg(long, env = "NAVIS_AUTH_DATA_DIR")]
@@ -332,6 +373,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// HTTP listener.
     pub http_listen: SocketAddr,
+    /// TLS on the gRPC listeners (files read at startup).
+    pub tls: Option<crate::tls::ServerTlsFiles>,
     /// Local state directory.
     pub data_dir: PathBuf,
     /// The store.
@@ -397,6 +440,14 @@ impl From<ServeArgs> for Config {
             listen: a.listen,
             admin_listen: a.admin_listen,
             http_listen: a.http_listen,
+            tls: a
+                .tls_cert
+                .zip(a.tls_key)
+                .map(|(cert, key)| crate::tls::ServerTlsFiles {
+                    cert,
+                    key,
+                    client_ca: a.tls_client_ca,
+                }),
             challenges: Challenges::new(a.resource_metadata_url).unwrap_or_default(),
             data_dir,
             store,

@@ -21,6 +21,7 @@
 //! - [`metrics`]: metric names, help, buckets, pre-registered handles
 //! - [`config`]: flags and `NAVIS_AUTH_*` environment, parsed once
 //! - [`server`]: wiring, serving and graceful shutdown
+//! - [`tls`]: rustls for the gRPC listeners and clients, from the `--tls-*` PEM files
 //! - [`cli`]: the client subcommands
 //! - [`client`]: a Rust client and `tower` layer for API and MCP servers
 //! - [`pb`]: generated code
@@ -41,5 +42,6 @@ pub mod revocation;
 pub mod scope;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod validator;

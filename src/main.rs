@@ -17,10 +17,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One clear line naming the flag, not clap's multi-line report.
+            // One clear line naming the flag, not clap's multi-line report: its first paragraph
+            // (which lists missing flags on lines of their own) joined into one line.
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("navis-auth: {}", line.trim_start_matches("error: "));
+            let mut lines = text.lines().map(str::trim).take_while(|l| !l.is_empty());
+            let first = lines.next().unwrap_or("error: invalid arguments");
+            let rest = lines.collect::<Vec<_>>().join(", ");
+            let first = first.trim_start_matches("error: ");
+            if rest.is_empty() {
+                eprintln!("navis-auth: {first}");
+            } else {
+                eprintln!("navis-auth: {first} {rest}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -40,7 +48,7 @@ fn main() -> ExitCode {
 async fn async_main(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => {
-            let config = Config::from(args);
+            let config = Config::from(*args);
             init_logging(&config.log, config.log_json);
             serve(config).await
         }

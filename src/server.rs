@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::{HealthReporter, HealthService};
 
@@ -66,6 +66,9 @@ pub enum ServerError {
         /// What went wrong.
         reason: String,
     },
+    /// A `--tls-*` file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A listener failed while serving.
     #[error("{listener} listener failed: {reason}")]
     Serve {
@@ -126,6 +129,7 @@ pub struct App {
     keepalive: Option<RedisStore>,
     metrics: Arc<Metrics>,
     introspection_auth: AdminAuth,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl std::fmt::Debug for App {
@@ -154,6 +158,16 @@ impl App {
     /// # Errors
     /// When the store or admin token cannot be set up.
     pub async fn build(config: Config) -> Result<App, ServerError> {
+        // TLS files first: a bad one stops startup before anything is opened.
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = crate::tls::server_config(files)?;
+                let client_ca = files.client_ca.as_ref().map(|p| p.display().to_string());
+                tracing::info!(cert = %files.cert.display(), client_ca = client_ca.as_deref().unwrap_or("none"), "TLS on both gRPC listeners (client certificates required unless client_ca is none)");
+                Some(tls)
+            }
+            None => None,
+        };
         let clock = Clock::coarse();
         let cache = Arc::new(Cache::new(
             config.cache_capacity,
@@ -225,6 +239,7 @@ impl App {
             validator,
             tokens,
             touch_rx,
+            tls,
         })
     }
 
@@ -265,6 +280,7 @@ impl App {
             keepalive,
             metrics,
             introspection_auth,
+            tls,
         } = self;
         let (grpc_addr, admin_addr, http_addr) = listeners.addrs();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -303,7 +319,23 @@ impl App {
             config.challenges.clone(),
             Arc::clone(&metrics),
         );
-        let grpc = Server::builder()
+        // Both gRPC listeners get the same TLS settings; tonic runs each handshake in its own
+        // task, after our incoming stream set TCP_NODELAY, and the shutdown signal still stops
+        // accepting and drains as without TLS.
+        let builder = || -> Result<Server, ServerError> {
+            match &tls {
+                None => Ok(Server::builder()),
+                Some(t) => {
+                    Server::builder()
+                        .tls_config(t.clone())
+                        .map_err(|e| ServerError::Serve {
+                            listener: "tls",
+                            reason: e.to_string(),
+                        })
+                }
+            }
+        };
+        let grpc = builder()?
             .add_service(health_server())
             .add_service(reflection()?)
             .add_service(validator_svc.into_server())
@@ -317,7 +349,7 @@ impl App {
                 .into_server(),
             )
             .serve_with_incoming_shutdown(incoming(listeners.grpc), stopped());
-        let admin = Server::builder()
+        let admin = builder()?
             .add_service(health_server())
             .add_service(reflection()?)
             .add_service(AdminService::new(tokens).into_server(admin_auth))
@@ -364,7 +396,7 @@ impl App {
         let mut admin = tokio::spawn(admin);
         let mut http = tokio::spawn(async move { http.await });
         readiness.set_ready(true);
-        tracing::info!(validator = %grpc_addr, admin = %admin_addr, http = %http_addr, "navis-auth serving");
+        tracing::info!(validator = %grpc_addr, admin = %admin_addr, http = %http_addr, grpc_tls = tls.is_some(), "navis-auth serving");
 
         // Serve until asked to stop, or until a listener dies on its own.
         let early = tokio::select! {

@@ -122,6 +122,10 @@ pub fn admin_token(
         admin_token: None,
         admin_token_file: file,
         data_dir,
+        tls_ca: None,
+        tls_client_cert: None,
+        tls_client_key: None,
+        tls_server_name: None,
     };
     let path = client.admin_token_path();
     Ok(std::fs::read_to_string(&path)

@@ -19,4 +19,5 @@ mod redis_cluster;
 mod redis_cluster_server;
 mod redis_server;
 mod replica;
+mod tls;
 mod validate;
