@@ -160,6 +160,9 @@ def check_navis_auth(objs, src, notes):
             % (termination, pre_stop, grace)
         )
 
+    if pod.get("enableServiceLinks", True):
+        errors.append("enableServiceLinks must be false: Services named navis-auth* would inject NAVIS_AUTH_* variables")
+
     psc, csc = pod.get("securityContext", {}), ctr.get("securityContext", {})
     if not (psc.get("runAsNonRoot") or csc.get("runAsNonRoot")):
         errors.append("runAsNonRoot is not set")
