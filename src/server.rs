@@ -529,9 +529,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path)
-        && m.permissions().mode() & 0o077 != 0
+        && m.permissions().mode() & 0o007 != 0
     {
-        tracing::warn!(path = %path.display(), "admin token file is readable by group or others; chmod 600 it");
+        // Group read is how Kubernetes mounts Secrets for a non-root pod (fsGroup): not warned.
+        tracing::warn!(path = %path.display(), "admin token file is readable by others; chmod 600 (or 640) it");
     }
 }
 
