@@ -83,7 +83,11 @@ pub fn fill(cache: &Cache, tokens: &[String]) {
             resource: String::new(),
             created_at: 1,
             expires_at: 0,
-            last_used_at: 0,
+            // Used just now, as the tokens of a busy replica are: a hit then queues no
+            // last-used update (one hit per token per minute does, through a shared channel).
+            last_used_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
             revoked_at: 0,
             spent_at: 0,
         };
@@ -160,15 +164,4 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-/// Anonymous memory of this process backed by transparent huge pages, in bytes (Linux).
-pub fn anon_huge_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
