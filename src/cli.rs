@@ -119,6 +119,13 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     // server refused the TLS handshake after it completed on our side (TLS 1.3, mTLS).
     let mut text = format!("{:?}: {}", s.code(), s.message());
     append_causes(&mut text, std::error::Error::source(&s));
+    // A plaintext HTTP/2 client talking to a TLS listener reads the server's TLS alert as a
+    // malformed HTTP/2 frame: say what that usually means.
+    if s.code() == tonic::Code::Unknown && text.contains("h2 protocol error") {
+        text.push_str(
+            " (if the server runs with --tls-cert, connect over TLS: pass --tls-ca, or an https:// address)",
+        );
+    }
     anyhow::anyhow!(text)
 }
 

@@ -407,6 +407,7 @@ async fn cli_connects_with_tls_ca_and_client_certificate() {
     // Plaintext: refused.
     let plain = cli(&s, &create, (&v, &a), &[]);
     assert!(!plain.status.success());
+    assert!(stderr(&plain).contains("--tls-ca"), "{}", stderr(&plain));
     // TLS settings with an http:// address, or https:// without a CA: a clear error.
     let (pv, pa) = (format!("http://{v}"), format!("http://{a}"));
     let mixed = cli(&s, &create, (&pv, &pa), &mtls);
