@@ -37,7 +37,13 @@ async fn connect(addr: &str, c: &ClientArgs) -> Result<Channel> {
     let uri = match (addr.contains("://"), &tls) {
         (true, _) => addr.to_owned(),
         (false, Some(_)) => format!("https://{addr}"),
-        (false, None) => format!("http://{addr}"),
+        (false, None) if is_loopback(addr) => format!("http://{addr}"),
+        // Every call carries a secret (the admin token, or the token being validated): never
+        // send it in plaintext off this host unless the address says so.
+        (false, None) => anyhow::bail!(
+            "{addr} is not a loopback address: pass --tls-ca (NAVIS_AUTH_TLS_CA) to connect over \
+             TLS, or write http://{addr} to send in plaintext on purpose"
+        ),
     };
     let mut endpoint = Endpoint::from_shared(uri.clone())
         .with_context(|| format!("bad address {addr}"))?
@@ -59,6 +65,19 @@ async fn connect(addr: &str, c: &ClientArgs) -> Result<Channel> {
         append_causes(&mut text, std::error::Error::source(&e));
         anyhow::anyhow!(text)
     })
+}
+
+/// Whether a scheme-less `host:port` names this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The client TLS settings from `--tls-ca`, `--tls-client-cert`, `--tls-client-key` and
@@ -479,7 +498,28 @@ pub fn when(unix: i64, zero: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::when;
+    use super::{is_loopback, when};
+
+    #[test]
+    fn only_loopback_hosts_get_plaintext_without_asking() {
+        for a in [
+            "127.0.0.1:50051",
+            "localhost:1",
+            "LOCALHOST:1",
+            "[::1]:50052",
+            "127.8.0.1:9",
+        ] {
+            assert!(is_loopback(a), "{a}");
+        }
+        for a in [
+            "10.0.0.1:50051",
+            "navis-auth.internal:50051",
+            "[2001:db8::1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+    }
 
     #[test]
     fn formats_utc_times() {

@@ -79,8 +79,8 @@ pub struct Scrape {
 pub struct Introspection {
     /// The validator (the same pipeline, cache and checks as `Validate`).
     pub validator: Arc<Validator>,
-    /// The credential callers must present.
-    pub caller: AdminAuth,
+    /// The credential callers must present; `None`: introspection is off.
+    pub caller: Option<AdminAuth>,
 }
 
 #[derive(Clone)]
@@ -162,7 +162,13 @@ async fn introspect(State(s): State<AppState>, headers: HeaderMap, body: Bytes) 
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !s.introspection.caller.matches(presented) {
+    let Some(caller) = &s.introspection.caller else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "error_description": "introspection is off: with TLS on the gRPC listeners it needs --introspection-token-file"}),
+        );
+    };
+    if !caller.matches(presented) {
         let mut r = json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": "invalid_client", "error_description": "introspection needs the configured bearer credential"}),

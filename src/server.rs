@@ -128,7 +128,7 @@ pub struct App {
     lease: Lease,
     keepalive: Option<RedisStore>,
     metrics: Arc<Metrics>,
-    introspection_auth: AdminAuth,
+    introspection_auth: Option<AdminAuth>,
     tls: Option<ServerTlsConfig>,
 }
 
@@ -212,9 +212,18 @@ impl App {
             .as_ref()
             .map_or(Lease::Always, |f| Lease::Feed(f.state()));
         let admin_token = load_or_create_admin_token(&config.admin_token_file)?;
-        let introspection_auth = match &config.introspection_token_file {
-            Some(path) => AdminAuth::new(&read_secret_file(path)?),
-            None => AdminAuth::new(&admin_token),
+        let introspection_auth = match (&config.introspection_token_file, &config.tls) {
+            (Some(path), _) => Some(AdminAuth::new(&read_secret_file(path)?)),
+            (None, None) => Some(AdminAuth::new(&admin_token)),
+            // The HTTP listener is plaintext: with TLS on the gRPC listeners, the admin token
+            // must not travel over it, so introspection needs its own credential.
+            (None, Some(_)) => {
+                tracing::info!(
+                    "RFC 7662 introspection is off: with TLS, the admin token is not accepted on \
+                     the plaintext HTTP listener; set --introspection-token-file to turn it on"
+                );
+                None
+            }
         };
         let (touch_tx, touch_rx) = mpsc::channel(65_536);
         let validator = Arc::new(Validator::new(

@@ -143,9 +143,16 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<ServerTlsConfig, TlsError
 /// How a client reaches navis-auth's TLS listeners: the CA bundle that signed the server's
 /// certificate and, for a server started with `--tls-client-ca` (mTLS), the client's own
 /// certificate and key. There is no fallback to the system's trust store: name the CA.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientTls {
     config: ClientTlsConfig,
+}
+
+impl std::fmt::Debug for ClientTls {
+    /// Opaque: the configuration may hold the client's private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
 }
 
 impl ClientTls {

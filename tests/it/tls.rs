@@ -231,6 +231,21 @@ async fn validate_and_admin_work_over_tls() {
     assert!(e.to_string().contains("https://"), "{e}");
     // The HTTP listener stays plaintext.
     assert_eq!(s.http_get("/healthz").await.0, 200);
+    // So with TLS, introspection does not take the admin token over it: off without its own
+    // credential file.
+    let auth = format!("Bearer {}", s.admin_token);
+    let (code, _, body) = crate::helpers::http_post_at(
+        s.http_addr,
+        "/oauth/introspect",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &auth),
+        ],
+        "token=x",
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("--introspection-token-file"), "{body}");
     s.stop().await.unwrap();
 }
 
