@@ -23,6 +23,7 @@
 //! - [`server`]: wiring, serving and graceful shutdown
 //! - [`tls`]: rustls for the gRPC listeners and clients, from the `--tls-*` PEM files
 //! - [`cli`]: the client subcommands
+//! - [`run`]: the `navis-auth` command (what `src/main.rs` calls)
 //! - [`client`]: a Rust client and `tower` layer for API and MCP servers
 //! - [`pb`]: generated code
 
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod pb;
 pub mod record;
 pub mod revocation;
+pub mod run;
 pub mod scope;
 pub mod server;
 pub mod store;

@@ -1,34 +1,23 @@
-//! The README's walkthrough with the real binary: bad flags, keys create / validate / list /
-//! revoke against a running server.
+//! The README's walkthrough with the real CLI (see `exe`): bad flags, keys create / validate /
+//! list / revoke against a running server.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::exe;
 use crate::helpers::TestServer;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_navis-auth"));
-    // Nothing from the developer's environment leaks in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("NAVIS_AUTH_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
 fn run(s: &TestServer, args: &[&str]) -> Output {
-    bin()
-        .args(args)
-        .args([
-            "--addr",
-            &s.validator_addr.to_string(),
-            "--admin-addr",
-            &s.admin_addr.to_string(),
-            "--data-dir",
-            s.data_dir.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run navis-auth")
+    let (validator, admin) = (s.validator_addr.to_string(), s.admin_addr.to_string());
+    let mut all = args.to_vec();
+    all.extend([
+        "--addr",
+        &validator,
+        "--admin-addr",
+        &admin,
+        "--data-dir",
+        s.data_dir.to_str().unwrap(),
+    ]);
+    exe::output(exe::navis_auth(&all))
 }
 
 fn stdout(o: &Output) -> String {
@@ -46,7 +35,7 @@ fn bad_config_exits_with_one_line_naming_the_flag() {
             "--shutdown-grace",
         ),
     ] {
-        let out = bin().args(&args).output().unwrap();
+        let out = exe::output(exe::navis_auth(&args));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");

@@ -1,9 +1,11 @@
 //! Integration tests: a real server (embedded store or real redis-server processes), real gRPC
-//! over 127.0.0.1:0, the real CLI binary. One binary, a module per concern.
+//! over 127.0.0.1:0, the real CLI (the binary's `main`, run in a child process of this test
+//! binary: see `exe`). One binary, a module per concern.
 
 mod admin;
 mod bad_input;
 mod cli;
+mod exe;
 mod ext_authz;
 mod helpers;
 mod introspection;

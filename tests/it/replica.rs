@@ -1,5 +1,6 @@
 //! A replica as a separate `navis-auth serve` process, for tests that must stop and continue a
-//! whole process (SIGSTOP / SIGCONT).
+//! whole process (SIGSTOP / SIGCONT). The process runs the code under test (see `exe`), never
+//! `target/debug/navis-auth`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -24,23 +25,21 @@ fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
 impl Replica {
     pub fn start(store_url: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_navis-auth"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("NAVIS_AUTH_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--http-listen", "127.0.0.1:0", "--store", store_url])
-            .args(["--data-dir", dir.path().to_str().expect("utf-8")])
-            .args(extra)
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--store",
+            store_url,
+            "--data-dir",
+            dir.path().to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        let mut child = crate::exe::navis_auth(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
