@@ -140,7 +140,20 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     append_causes(&mut text, std::error::Error::source(&s));
     // A plaintext HTTP/2 client talking to a TLS listener reads the server's TLS alert as a
     // malformed HTTP/2 frame: say what that usually means.
-    if s.code() == tonic::Code::Unknown && text.contains("h2 protocol error") {
+    // Depending on timing that shows as a protocol error, a closed connection or a broken pipe.
+    let transport = [
+        "h2 protocol error",
+        "connection closed",
+        "broken pipe",
+        "reset",
+    ]
+    .iter()
+    .any(|m| text.to_ascii_lowercase().contains(m));
+    if matches!(
+        s.code(),
+        tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+    ) && transport
+    {
         text.push_str(
             " (if the server runs with --tls-cert, connect over TLS: pass --tls-ca, or an https:// address)",
         );
