@@ -406,18 +406,33 @@ impl RedisFeed {
         stop: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
         let mut conn = self.connect(None, self.block + self.timeout).await?;
-        // Whether this replica has already applied events, and lost the log past its lease.
-        let lapsed = last.is_some() && !self.state.fresh();
+        let first = last.is_none();
+        // Whether the cache may hold entries the log has not kept current: the lease ran out
+        // (or was never confirmed) while lookups went on filling it.
+        let lapsed = !self.state.fresh();
         self.check_gap(&mut conn, epoch, last).await?;
         if lapsed {
-            // A revocation whose record was written but whose event could not be published
-            // (the log's node was down: see `store::redis`) may never reach the stream, and this
-            // replica's cache may still hold the token: start cold. (While the lease was out
-            // the cache answered nothing; lookups went to the store.)
-            self.flush(
-                FlushReason::LeaseLapsed,
-                "lease ran out while the revocation log was unreachable",
-            );
+            if first && self.cache.is_empty() {
+                // Nothing was cached before this first connection; still fail any fill in
+                // flight, which read the store before the position was taken.
+                self.cache.flush();
+            } else if first {
+                // Lookups filled the cache before the first catch-up; the position starts at
+                // the stream's end, so events appended since those fills would never be read.
+                self.flush(
+                    FlushReason::LeaseLapsed,
+                    "cache filled before the first catch-up with the revocation log",
+                );
+            } else {
+                // A revocation whose record was written but whose event could not be published
+                // (the log's node was down: see `store::redis`) may never reach the stream, and
+                // this replica's cache may still hold the token: start cold. (While the lease was
+                // out the cache answered nothing; lookups went to the store.)
+                self.flush(
+                    FlushReason::LeaseLapsed,
+                    "lease ran out while the revocation log was unreachable",
+                );
+            }
         }
         self.state.connected.store(true, Ordering::Release);
         tracing::info!(from = %last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
@@ -491,7 +506,8 @@ impl RedisFeed {
         *epoch = now_epoch;
         match *last {
             None => {
-                // First connection: the cache is empty, nothing to replay.
+                // First connection: nothing to replay; whatever lookups cached before it is
+                // flushed by the caller (the lease was never confirmed).
                 *last = Some(generated.unwrap_or(StreamPos::ZERO));
             }
             Some(pos) => {

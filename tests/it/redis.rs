@@ -566,3 +566,56 @@ async fn case8_revocations_racing_cache_fills_are_never_lost() {
         assert_eq!(decision(&r), Decision::Unauthenticated, "round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case9_entries_cached_before_the_first_catch_up_do_not_outlive_later_revocations() {
+    use std::sync::Arc;
+
+    use navis_auth::cache::{Cache, Probe};
+    use navis_auth::clock::Clock;
+    use navis_auth::metrics::Metrics;
+    use navis_auth::revocation::RedisFeed;
+    use navis_auth::token::TokenHash;
+
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(2);
+    let cache = Arc::new(Cache::new(1024, Duration::from_secs(60), Clock::coarse()));
+    // A lookup fills the cache before the feed ever connected (the lease not yet confirmed).
+    let hash = TokenHash::of("filled before the first connect");
+    assert!(cache.fill(cache.ticket(), hash, None));
+    assert!(matches!(cache.lookup(&hash, |_| ()), Probe::Absent));
+    // A revocation of that token reaches the stream before the feed's first connect.
+    let id = redis.cli(&[
+        "XADD",
+        "navis-auth:{rev}:revocations",
+        "*",
+        "g",
+        "token",
+        "at",
+        "0",
+        "h",
+        &hash.to_hex(),
+    ]);
+    assert!(id.contains('-'), "XADD answered {id}");
+    let feed = RedisFeed::new(
+        &redis.url(),
+        "navis-auth:",
+        Arc::clone(&cache),
+        lease,
+        Duration::from_millis(300),
+        Metrics::new("redis", Some(lease)),
+    )
+    .unwrap();
+    let state = feed.state();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(feed.run(stop));
+    let caught_up = eventually(Duration::from_secs(5), || async { state.fresh() }).await;
+    assert!(caught_up, "the feed confirmed a catch-up");
+    assert!(
+        matches!(cache.lookup(&hash, |_| ()), Probe::Miss),
+        "the entry filled before the first catch-up is gone"
+    );
+    assert!(state.flushes() >= 1);
+    let _ = stop_tx.send(true);
+    run.await.unwrap();
+}
