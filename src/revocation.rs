@@ -94,6 +94,9 @@ impl Revocations {
 
 const NEVER: u64 = u64::MAX;
 
+/// Entries asked for per stream read.
+const READ_BATCH: usize = 1000;
+
 /// What the feed knows about being caught up; read on the hot path through [`Lease`].
 #[derive(Debug)]
 pub struct FeedState {
@@ -439,7 +442,7 @@ impl RedisFeed {
         let mut blocking = false;
         loop {
             let from = last.unwrap_or(StreamPos::ZERO).to_string();
-            let mut opts = StreamReadOptions::default().count(1000);
+            let mut opts = StreamReadOptions::default().count(READ_BATCH);
             if blocking {
                 opts = opts.block(usize::try_from(self.block.as_millis()).unwrap_or(1000));
             }
@@ -466,10 +469,14 @@ impl RedisFeed {
                     }
                 }
             }
-            // Everything in the stream when this read was issued has now been applied.
-            self.state.confirm(issued);
-            // A full batch may have more behind it: read again at once.
-            blocking = n < 1000;
+            // A full batch may have more behind it: read again at once, and confirm nothing
+            // yet (entries that were in the stream when this read was issued may be unread).
+            blocking = n < READ_BATCH;
+            if blocking {
+                // Fewer than asked for: everything in the stream when this read was issued has
+                // now been applied.
+                self.state.confirm(issued);
+            }
         }
     }
 
