@@ -140,6 +140,19 @@ impl FeedState {
         }
     }
 
+    /// When the last confirmed catch-up was issued; `None` before the first.
+    fn confirmed_at(&self) -> Option<Instant> {
+        match self.confirmed.load(Ordering::Acquire) {
+            NEVER => None,
+            c => self.origin.checked_add(Duration::from_nanos(c)),
+        }
+    }
+
+    /// The lease.
+    fn lease(&self) -> Duration {
+        Duration::from_nanos(self.lease_nanos)
+    }
+
     /// How long ago the last confirmed catch-up was issued; `None` before the first.
     pub fn lease_age(&self) -> Option<Duration> {
         match self.confirmed.load(Ordering::Acquire) {
@@ -201,6 +214,49 @@ enum Source {
     Cluster(Arc<[String]>),
 }
 
+/// Why a feed cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The store URL is not usable.
+    #[error(transparent)]
+    Url(#[from] crate::store::redis::BadRedisUrl),
+    /// The lease is too short for the Redis timeout (G2).
+    #[error(
+        "--revocation-lease {lease:?} is too short for --redis-timeout {timeout:?}: a stream read \
+         (blocking {block:?}) plus the timeout must be at most half the lease; raise the lease \
+         or lower the timeout"
+    )]
+    Timing {
+        /// The lease.
+        lease: Duration,
+        /// The Redis timeout.
+        timeout: Duration,
+        /// How long one stream read blocks.
+        block: Duration,
+    },
+}
+
+/// How long one blocking stream read waits for new entries with `lease`, when a read (block
+/// plus `timeout`) fits at most twice in the lease; two back-to-back slow reads of a healthy
+/// connection then never let it run out.
+///
+/// # Errors
+/// [`FeedError::Timing`] when it does not fit.
+pub fn read_block(lease: Duration, timeout: Duration) -> Result<Duration, FeedError> {
+    // Blocking reads return at least every second, well inside any sensible lease.
+    let block = Duration::from_millis(1000)
+        .min(lease / 4)
+        .max(Duration::from_millis(50));
+    if (block + timeout) * 2 > lease {
+        return Err(FeedError::Timing {
+            lease,
+            timeout,
+            block,
+        });
+    }
+    Ok(block)
+}
+
 /// The Redis revocation feed of one replica.
 #[derive(Clone)]
 pub struct RedisFeed {
@@ -258,7 +314,7 @@ impl RedisFeed {
     /// A feed for the store at `url` with key prefix `prefix`, applying to `cache`.
     ///
     /// # Errors
-    /// When the URL is not usable.
+    /// When the URL is not usable, or the lease too short for `timeout` ([`read_block`]).
     pub fn new(
         url: &str,
         prefix: &str,
@@ -266,7 +322,8 @@ impl RedisFeed {
         lease: Duration,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::store::redis::BadRedisUrl> {
+    ) -> Result<Self, FeedError> {
+        let block = read_block(lease, timeout)?;
         let bad = |e: redis::RedisError| crate::store::redis::BadRedisUrl(e.to_string());
         let source = match RedisTarget::parse(url)? {
             RedisTarget::Server(url) => {
@@ -280,10 +337,6 @@ impl RedisFeed {
             RedisTarget::Cluster(nodes) => Source::Cluster(nodes.into()),
         };
         let keys = Keys::new(prefix);
-        // Blocking reads return at least every second, well inside any sensible lease.
-        let block = Duration::from_millis(1000)
-            .min(lease / 4)
-            .max(Duration::from_millis(50));
         Ok(RedisFeed {
             source,
             stream: keys.revocations(),
@@ -364,7 +417,10 @@ impl RedisFeed {
                 ))
             }
             Source::Cluster(nodes) => {
-                let mut b = cluster_builder(nodes, self.timeout, response);
+                // No retries inside the client: a read that fails or is redirected ends the
+                // session, whose reconnect checks the gap and the lease; retried internally, one
+                // read could outlast the lease unnoticed.
+                let mut b = cluster_builder(nodes, self.timeout, response).retries(0);
                 if let Some(tx) = push {
                     b = b.use_protocol(ProtocolVersion::RESP3).push_sender(tx);
                 }
@@ -410,6 +466,7 @@ impl RedisFeed {
     ) -> redis::RedisResult<()> {
         let mut conn = self.connect(None, self.block + self.timeout).await?;
         let first = last.is_none();
+        let checked = Instant::now();
         // Whether the cache may hold entries the log has not kept current: the lease ran out
         // (or was never confirmed) while lookups went on filling it.
         let lapsed = !self.state.fresh();
@@ -437,6 +494,12 @@ impl RedisFeed {
                 );
             }
         }
+        // Since when the cache is known to agree with the log (up to what the reads from `last`
+        // apply): the last confirmation, or the check above when it started cold.
+        let mut anchor = match self.state.confirmed_at() {
+            Some(c) if !lapsed => c,
+            _ => checked,
+        };
         self.state.connected.store(true, Ordering::Release);
         tracing::info!(from = %last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
         let mut blocking = false;
@@ -469,6 +532,21 @@ impl RedisFeed {
                     }
                 }
             }
+            if anchor.elapsed() >= self.state.lease() {
+                // The lease ran out inside this session (a slow read, a stalled process): the
+                // same doubt as after a reconnect past the lease, and the node may have changed
+                // under the connection. Check the gap again, start cold, and confirm only with a
+                // read issued after that.
+                let checked = Instant::now();
+                self.check_gap(&mut conn, epoch, last).await?;
+                self.flush(
+                    FlushReason::LeaseLapsed,
+                    "lease ran out during a revocation stream read",
+                );
+                anchor = checked;
+                blocking = false;
+                continue;
+            }
             // A full batch may have more behind it: read again at once, and confirm nothing
             // yet (entries that were in the stream when this read was issued may be unread).
             blocking = n < READ_BATCH;
@@ -476,6 +554,7 @@ impl RedisFeed {
                 // Fewer than asked for: everything in the stream when this read was issued has
                 // now been applied.
                 self.state.confirm(issued);
+                anchor = anchor.max(issued);
             }
         }
     }
@@ -524,7 +603,9 @@ impl RedisFeed {
                         "epoch changed: redis lost its data or was replaced",
                     );
                     *last = Some(generated.unwrap_or(StreamPos::ZERO));
-                } else if generated.is_none_or(|g| g < pos) {
+                } else if generated.unwrap_or(StreamPos::ZERO) < pos {
+                    // The stream ends before what this replica read (no stream at all, while it
+                    // has read none, is no gap).
                     self.flush(
                         FlushReason::StreamBehind,
                         "stream is behind this replica: replaced or failed over",
@@ -646,6 +727,18 @@ mod tests {
         assert!(a < b);
         assert_eq!(b.to_string(), "10-0");
         assert!(StreamPos::parse("x").is_none());
+    }
+
+    #[test]
+    fn a_stream_read_fits_twice_in_the_lease() {
+        let ms = Duration::from_millis;
+        assert_eq!(read_block(ms(5000), ms(1000)).ok(), Some(ms(1000)));
+        assert_eq!(read_block(ms(2000), ms(300)).ok(), Some(ms(500)));
+        assert_eq!(read_block(ms(1000), ms(200)).ok(), Some(ms(250)));
+        assert!(read_block(ms(1000), ms(1000)).is_err());
+        assert!(read_block(ms(5000), ms(3000)).is_err());
+        let e = read_block(ms(200), ms(100)).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("--revocation-lease")));
     }
 
     #[test]

@@ -508,7 +508,10 @@ async fn case6_redis_down_cache_until_the_lease_then_unavailable_then_recovery()
 async fn case7_a_paused_replica_serves_no_cached_positive_before_catching_up() {
     let redis = RedisServer::start();
     let a = replica(&redis.url(), &[]).await;
-    let b = Replica::start(&redis.url(), &["--revocation-lease", "1s"]);
+    let b = Replica::start(
+        &redis.url(),
+        &["--revocation-lease", "1s", "--redis-timeout", "200ms"],
+    );
     b.wait_ready();
     let (key, info) = a.create_key("alice", &["mcp:read"]).await;
     let mut bv = ValidatorClient::new(channel(b.validator_addr).await);
@@ -618,4 +621,40 @@ async fn case9_entries_cached_before_the_first_catch_up_do_not_outlive_later_rev
     assert!(state.flushes() >= 1);
     let _ = stop_tx.send(true);
     run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case10_a_replica_stalled_past_its_lease_starts_cold() {
+    let redis = RedisServer::start();
+    let b = Replica::start(
+        &redis.url(),
+        &["--revocation-lease", "1s", "--redis-timeout", "200ms"],
+    );
+    b.wait_ready();
+    let flushed = |b: &Replica| {
+        b.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("cache flushed"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let before = flushed(&b).len();
+    // Stalled with a blocking read in flight, for longer than the lease; whether that read
+    // completes after SIGCONT or times out, the feed must start cold before confirming again.
+    b.pause();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.resume();
+    b.wait_ready();
+    let after = flushed(&b);
+    eprintln!("flushes after the stall: {:?}", &after[before..]);
+    assert!(
+        after[before..].iter().any(|l| l.contains("lease ran out")),
+        "the lapsed lease flushed the cache"
+    );
+    assert!(
+        !after.iter().any(|l| l.contains("stream is behind")),
+        "no stream yet is no gap"
+    );
 }
