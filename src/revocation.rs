@@ -641,7 +641,7 @@ impl RedisFeed {
     async fn subscriber(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.sub_session(&mut stop).await {
+            match self.sub_session(&mut stop, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "revocation channel disconnected; resubscribing")
@@ -655,7 +655,11 @@ impl RedisFeed {
         }
     }
 
-    async fn sub_session(&self, stop: &mut watch::Receiver<bool>) -> redis::RedisResult<()> {
+    async fn sub_session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> redis::RedisResult<()> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut conn = self.connect(Some(tx), self.timeout).await?;
         match &mut conn {
@@ -665,6 +669,7 @@ impl RedisFeed {
             Conn::Plain(c) => c.subscribe(&self.stream).await?,
             Conn::Manager(_) => {}
         }
+        *backoff = Duration::from_millis(50);
         let mut ping = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
@@ -678,6 +683,15 @@ impl RedisFeed {
                         return Err(redis::RedisError::from(std::io::Error::new(
                             std::io::ErrorKind::ConnectionReset,
                             "subscriber disconnected",
+                        )));
+                    }
+                    // Never asked for: the server dropped the subscription (a cluster node does
+                    // when the channel's slot moves away from it). Subscribe again from a new
+                    // connection, which finds the slot's new owner; the stream covers the gap.
+                    Some(PushInfo { kind: PushKind::Unsubscribe | PushKind::SUnsubscribe, .. }) => {
+                        return Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "subscription dropped by the server",
                         )));
                     }
                     Some(_) => {}
