@@ -13,9 +13,11 @@
 //!   replica is caught up as of the moment the read was issued (monotonic clock);
 //! - on every (re)connect it compares the epoch value and the stream's bounds with what it saw
 //!   before, and flushes the whole cache (a generation bump) when the stream no longer covers the
-//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced;
-//!   and also when it comes back after its lease ran out, since a revocation whose record was
-//!   written while the log's node was unreachable may never have been published.
+//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced,
+//!   or the node serving it is another process (its `run_id`: a failover may have lost entries
+//!   not read yet); and also when the lease ran out (between sessions or inside one), since a
+//!   revocation whose record was written while the log's node was unreachable may never have
+//!   been published, and when lookups cached entries before the first catch-up.
 //!
 //! The [`Lease`]: the validator answers from its cache only while the last confirmation is younger
 //! than `--revocation-lease`; past it every lookup goes to the store (G2).
@@ -278,6 +280,17 @@ impl std::fmt::Debug for RedisFeed {
     }
 }
 
+/// What the stream tail saw of the log on its last check and reads.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The epoch value.
+    epoch: Option<String>,
+    /// The id of the last entry applied (or where reading starts).
+    last: Option<StreamPos>,
+    /// The run id of the node serving the stream.
+    node: Option<String>,
+}
+
 /// How an event reached this replica.
 #[derive(Clone, Copy, Debug)]
 enum Path {
@@ -430,12 +443,11 @@ impl RedisFeed {
     }
 
     async fn tail(&self, mut stop: watch::Receiver<bool>) {
-        let mut epoch: Option<String> = None;
-        let mut last: Option<StreamPos> = None;
+        let mut seen = Seen::default();
         let mut backoff = Duration::from_millis(50);
         let mut failing = false;
         loop {
-            match self.tail_session(&mut epoch, &mut last, &mut stop).await {
+            match self.tail_session(&mut seen, &mut stop).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.state.connected.store(false, Ordering::Release);
@@ -460,17 +472,16 @@ impl RedisFeed {
     /// One connection's life: check the gap, then read until an error or `stop`.
     async fn tail_session(
         &self,
-        epoch: &mut Option<String>,
-        last: &mut Option<StreamPos>,
+        seen: &mut Seen,
         stop: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
         let mut conn = self.connect(None, self.block + self.timeout).await?;
-        let first = last.is_none();
+        let first = seen.last.is_none();
         let checked = Instant::now();
         // Whether the cache may hold entries the log has not kept current: the lease ran out
         // (or was never confirmed) while lookups went on filling it.
         let lapsed = !self.state.fresh();
-        self.check_gap(&mut conn, epoch, last).await?;
+        self.check_gap(&mut conn, seen).await?;
         if lapsed {
             if first && self.cache.is_empty() {
                 // Nothing was cached before this first connection; still fail any fill in
@@ -501,10 +512,10 @@ impl RedisFeed {
             _ => checked,
         };
         self.state.connected.store(true, Ordering::Release);
-        tracing::info!(from = %last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
+        tracing::info!(from = %seen.last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
         let mut blocking = false;
         loop {
-            let from = last.unwrap_or(StreamPos::ZERO).to_string();
+            let from = seen.last.unwrap_or(StreamPos::ZERO).to_string();
             let mut opts = StreamReadOptions::default().count(READ_BATCH);
             if blocking {
                 opts = opts.block(usize::try_from(self.block.as_millis()).unwrap_or(1000));
@@ -527,7 +538,7 @@ impl RedisFeed {
                         let h: String = entry.get("h").unwrap_or_default();
                         self.apply(&g, at, &h, Path::Stream);
                         if let Some(pos) = StreamPos::parse(&entry.id) {
-                            *last = Some(pos);
+                            seen.last = Some(pos);
                         }
                     }
                 }
@@ -538,7 +549,7 @@ impl RedisFeed {
                 // under the connection. Check the gap again, start cold, and confirm only with a
                 // read issued after that.
                 let checked = Instant::now();
-                self.check_gap(&mut conn, epoch, last).await?;
+                self.check_gap(&mut conn, seen).await?;
                 self.flush(
                     FlushReason::LeaseLapsed,
                     "lease ran out during a revocation stream read",
@@ -561,12 +572,13 @@ impl RedisFeed {
 
     /// Compares the epoch and the stream's bounds with what this replica saw before, flushing
     /// when the stream cannot replay what was missed; sets the position to read from.
-    async fn check_gap(
-        &self,
-        conn: &mut Conn,
-        epoch: &mut Option<String>,
-        last: &mut Option<StreamPos>,
-    ) -> redis::RedisResult<()> {
+    async fn check_gap(&self, conn: &mut Conn, seen: &mut Seen) -> redis::RedisResult<()> {
+        // First: a node that changes after this is seen as a failed read, and a new check.
+        let node = self.log_node(conn).await?;
+        let node_changed = matches!((&seen.node, &node), (Some(a), Some(b)) if a != b);
+        if node.is_some() {
+            seen.node = node;
+        }
         let candidate = crate::token::random_id("", 24).unwrap_or_else(|_| unix_ms().to_string());
         let _: Value = redis::cmd("SET")
             .arg(&self.epoch_key)
@@ -588,8 +600,9 @@ impl RedisFeed {
             .await?;
         let first = first.ids.first().and_then(|e| StreamPos::parse(&e.id));
         let generated = self.last_generated(conn).await?;
-        let epoch_changed = matches!((&*epoch, &now_epoch), (Some(a), Some(b)) if a != b);
-        *epoch = now_epoch;
+        let epoch_changed = matches!((&seen.epoch, &now_epoch), (Some(a), Some(b)) if a != b);
+        seen.epoch = now_epoch;
+        let last = &mut seen.last;
         match *last {
             None => {
                 // First connection: nothing to replay; whatever lookups cached before it is
@@ -618,10 +631,45 @@ impl RedisFeed {
                         FlushReason::StreamTrimmed,
                         "stream trimmed past this replica's position",
                     );
+                } else if node_changed {
+                    // A failover (or a restart) keeps the epoch and may keep the stream going
+                    // with new entries, while the entries after this replica's position that
+                    // the old node had not replicated are gone: nothing tells which.
+                    self.flush(
+                        FlushReason::NodeChanged,
+                        "the revocation log's node changed: unread entries may be lost",
+                    );
                 }
             }
         }
         Ok(())
+    }
+
+    /// The run id of the node serving the stream (`INFO server`); `None` when this user may not
+    /// call INFO (the check is then skipped).
+    async fn log_node(&self, conn: &mut Conn) -> redis::RedisResult<Option<String>> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info = match conn {
+            Conn::Cluster(c) => {
+                let route = Route::with_key(&self.stream, SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                c.route_command(cmd, to).await
+            }
+            other => cmd.query_async::<Value>(other).await,
+        };
+        let text = match info {
+            Ok(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Ok(Value::VerbatimString { text, .. } | Value::SimpleString(text)) => text,
+            Ok(_) => return Ok(None),
+            // Refused (an ACL without INFO, a managed Redis that renamed it): no check.
+            Err(e) if e.code().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
     }
 
     async fn last_generated(&self, conn: &mut Conn) -> redis::RedisResult<Option<StreamPos>> {

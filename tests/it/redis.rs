@@ -658,3 +658,37 @@ async fn case10_a_replica_stalled_past_its_lease_starts_cold() {
         "no stream yet is no gap"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case11_the_log_node_replaced_within_the_lease_flushes_the_cache() {
+    let mut redis = RedisServer::start();
+    let a = replica(&redis.url(), &[]).await;
+    let b = replica(&redis.url(), &["--revocation-lease", "30s"]).await;
+    let (key, _) = a.create_key("alice", &["mcp:read"]).await;
+    a.admin()
+        .await
+        .revoke_token(pb::RevokeTokenRequest {
+            target: Some(pb::revoke_token_request::Target::TokenId(
+                a.create_key("bob", &["mcp:read"]).await.1.token_id,
+            )),
+        })
+        .await
+        .unwrap();
+    cache_on(&b, &key).await;
+    let feed = b.feed.as_ref().unwrap();
+    let flushes = feed.flushes();
+    // Another process with the same data and epoch (as after a failover, where the entries the
+    // old node had not replicated would be gone without a trace in the stream).
+    redis.shutdown_save();
+    redis.start_again();
+    let flushed = eventually(Duration::from_secs(10), || async {
+        feed.flushes() > flushes && feed.connected()
+    })
+    .await;
+    assert!(flushed, "the new node was noticed and the cache flushed");
+    assert!(
+        feed.lease_age()
+            .is_some_and(|a| a < Duration::from_secs(30))
+    );
+    assert_eq!(decision(&b.check(&key, &[]).await), Decision::Allow);
+}
