@@ -168,7 +168,7 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     /// Evictions (absolute, set at scrape time).
     pub cache_evictions: Counter,
-    flushes: [Counter; 4],
+    flushes: [Counter; 5],
     store_requests: Vec<Counter>,
     store_errors: Vec<Counter>,
     store_duration: Vec<Histogram>,
@@ -200,6 +200,9 @@ pub enum FlushReason {
     /// The feed reconnected after its lease had run out: a change whose publication failed
     /// meanwhile may never reach the stream (see `store::redis`), so the cache starts cold.
     LeaseLapsed,
+    /// The node holding the revocation log is another process than before (a failover or a
+    /// restart): entries this replica had not read yet may have been lost with the old one.
+    NodeChanged,
 }
 
 /// How a revocation reached this replica, for labels.
@@ -284,6 +287,7 @@ impl Metrics {
                     ::metrics::counter!(CACHE_FLUSHES, "reason" => "stream_behind"),
                     ::metrics::counter!(CACHE_FLUSHES, "reason" => "stream_trimmed"),
                     ::metrics::counter!(CACHE_FLUSHES, "reason" => "lease_lapsed"),
+                    ::metrics::counter!(CACHE_FLUSHES, "reason" => "node_changed"),
                 ],
                 store_requests: per_op(STORE_REQUESTS),
                 store_errors: per_op(STORE_ERRORS),

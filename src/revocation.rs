@@ -13,9 +13,11 @@
 //!   replica is caught up as of the moment the read was issued (monotonic clock);
 //! - on every (re)connect it compares the epoch value and the stream's bounds with what it saw
 //!   before, and flushes the whole cache (a generation bump) when the stream no longer covers the
-//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced;
-//!   and also when it comes back after its lease ran out, since a revocation whose record was
-//!   written while the log's node was unreachable may never have been published.
+//!   gap: Redis restarted without data, the stream was trimmed past its position, or replaced,
+//!   or the node serving it is another process (its `run_id`: a failover may have lost entries
+//!   not read yet); and also when the lease ran out (between sessions or inside one), since a
+//!   revocation whose record was written while the log's node was unreachable may never have
+//!   been published, and when lookups cached entries before the first catch-up.
 //!
 //! The [`Lease`]: the validator answers from its cache only while the last confirmation is younger
 //! than `--revocation-lease`; past it every lookup goes to the store (G2).
@@ -94,6 +96,9 @@ impl Revocations {
 
 const NEVER: u64 = u64::MAX;
 
+/// Entries asked for per stream read.
+const READ_BATCH: usize = 1000;
+
 /// What the feed knows about being caught up; read on the hot path through [`Lease`].
 #[derive(Debug)]
 pub struct FeedState {
@@ -135,6 +140,19 @@ impl FeedState {
         {
             self.confirmed.fetch_max(t, Ordering::AcqRel);
         }
+    }
+
+    /// When the last confirmed catch-up was issued; `None` before the first.
+    fn confirmed_at(&self) -> Option<Instant> {
+        match self.confirmed.load(Ordering::Acquire) {
+            NEVER => None,
+            c => self.origin.checked_add(Duration::from_nanos(c)),
+        }
+    }
+
+    /// The lease.
+    fn lease(&self) -> Duration {
+        Duration::from_nanos(self.lease_nanos)
     }
 
     /// How long ago the last confirmed catch-up was issued; `None` before the first.
@@ -198,6 +216,49 @@ enum Source {
     Cluster(Arc<[String]>),
 }
 
+/// Why a feed cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The store URL is not usable.
+    #[error(transparent)]
+    Url(#[from] crate::store::redis::BadRedisUrl),
+    /// The lease is too short for the Redis timeout (G2).
+    #[error(
+        "--revocation-lease {lease:?} is too short for --redis-timeout {timeout:?}: a stream read \
+         (blocking {block:?}) plus the timeout must be at most half the lease; raise the lease \
+         or lower the timeout"
+    )]
+    Timing {
+        /// The lease.
+        lease: Duration,
+        /// The Redis timeout.
+        timeout: Duration,
+        /// How long one stream read blocks.
+        block: Duration,
+    },
+}
+
+/// How long one blocking stream read waits for new entries with `lease`, when a read (block
+/// plus `timeout`) fits at most twice in the lease; two back-to-back slow reads of a healthy
+/// connection then never let it run out.
+///
+/// # Errors
+/// [`FeedError::Timing`] when it does not fit.
+pub fn read_block(lease: Duration, timeout: Duration) -> Result<Duration, FeedError> {
+    // Blocking reads return at least every second, well inside any sensible lease.
+    let block = Duration::from_millis(1000)
+        .min(lease / 4)
+        .max(Duration::from_millis(50));
+    if (block + timeout) * 2 > lease {
+        return Err(FeedError::Timing {
+            lease,
+            timeout,
+            block,
+        });
+    }
+    Ok(block)
+}
+
 /// The Redis revocation feed of one replica.
 #[derive(Clone)]
 pub struct RedisFeed {
@@ -217,6 +278,17 @@ impl std::fmt::Debug for RedisFeed {
             .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
+}
+
+/// What the stream tail saw of the log on its last check and reads.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The epoch value.
+    epoch: Option<String>,
+    /// The id of the last entry applied (or where reading starts).
+    last: Option<StreamPos>,
+    /// The run id of the node serving the stream.
+    node: Option<String>,
 }
 
 /// How an event reached this replica.
@@ -255,7 +327,7 @@ impl RedisFeed {
     /// A feed for the store at `url` with key prefix `prefix`, applying to `cache`.
     ///
     /// # Errors
-    /// When the URL is not usable.
+    /// When the URL is not usable, or the lease too short for `timeout` ([`read_block`]).
     pub fn new(
         url: &str,
         prefix: &str,
@@ -263,7 +335,8 @@ impl RedisFeed {
         lease: Duration,
         timeout: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::store::redis::BadRedisUrl> {
+    ) -> Result<Self, FeedError> {
+        let block = read_block(lease, timeout)?;
         let bad = |e: redis::RedisError| crate::store::redis::BadRedisUrl(e.to_string());
         let source = match RedisTarget::parse(url)? {
             RedisTarget::Server(url) => {
@@ -277,10 +350,6 @@ impl RedisFeed {
             RedisTarget::Cluster(nodes) => Source::Cluster(nodes.into()),
         };
         let keys = Keys::new(prefix);
-        // Blocking reads return at least every second, well inside any sensible lease.
-        let block = Duration::from_millis(1000)
-            .min(lease / 4)
-            .max(Duration::from_millis(50));
         Ok(RedisFeed {
             source,
             stream: keys.revocations(),
@@ -361,7 +430,10 @@ impl RedisFeed {
                 ))
             }
             Source::Cluster(nodes) => {
-                let mut b = cluster_builder(nodes, self.timeout, response);
+                // No retries inside the client: a read that fails or is redirected ends the
+                // session, whose reconnect checks the gap and the lease; retried internally, one
+                // read could outlast the lease unnoticed.
+                let mut b = cluster_builder(nodes, self.timeout, response).retries(0);
                 if let Some(tx) = push {
                     b = b.use_protocol(ProtocolVersion::RESP3).push_sender(tx);
                 }
@@ -371,12 +443,11 @@ impl RedisFeed {
     }
 
     async fn tail(&self, mut stop: watch::Receiver<bool>) {
-        let mut epoch: Option<String> = None;
-        let mut last: Option<StreamPos> = None;
+        let mut seen = Seen::default();
         let mut backoff = Duration::from_millis(50);
         let mut failing = false;
         loop {
-            match self.tail_session(&mut epoch, &mut last, &mut stop).await {
+            match self.tail_session(&mut seen, &mut stop).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.state.connected.store(false, Ordering::Release);
@@ -401,30 +472,51 @@ impl RedisFeed {
     /// One connection's life: check the gap, then read until an error or `stop`.
     async fn tail_session(
         &self,
-        epoch: &mut Option<String>,
-        last: &mut Option<StreamPos>,
+        seen: &mut Seen,
         stop: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
         let mut conn = self.connect(None, self.block + self.timeout).await?;
-        // Whether this replica has already applied events, and lost the log past its lease.
-        let lapsed = last.is_some() && !self.state.fresh();
-        self.check_gap(&mut conn, epoch, last).await?;
+        let first = seen.last.is_none();
+        let checked = Instant::now();
+        // Whether the cache may hold entries the log has not kept current: the lease ran out
+        // (or was never confirmed) while lookups went on filling it.
+        let lapsed = !self.state.fresh();
+        self.check_gap(&mut conn, seen).await?;
         if lapsed {
-            // A revocation whose record was written but whose event could not be published
-            // (the log's node was down: see `store::redis`) may never reach the stream, and this
-            // replica's cache may still hold the token: start cold. (While the lease was out
-            // the cache answered nothing; lookups went to the store.)
-            self.flush(
-                FlushReason::LeaseLapsed,
-                "lease ran out while the revocation log was unreachable",
-            );
+            if first && self.cache.is_empty() {
+                // Nothing was cached before this first connection; still fail any fill in
+                // flight, which read the store before the position was taken.
+                self.cache.flush();
+            } else if first {
+                // Lookups filled the cache before the first catch-up; the position starts at
+                // the stream's end, so events appended since those fills would never be read.
+                self.flush(
+                    FlushReason::LeaseLapsed,
+                    "cache filled before the first catch-up with the revocation log",
+                );
+            } else {
+                // A revocation whose record was written but whose event could not be published
+                // (the log's node was down: see `store::redis`) may never reach the stream, and
+                // this replica's cache may still hold the token: start cold. (While the lease was
+                // out the cache answered nothing; lookups went to the store.)
+                self.flush(
+                    FlushReason::LeaseLapsed,
+                    "lease ran out while the revocation log was unreachable",
+                );
+            }
         }
+        // Since when the cache is known to agree with the log (up to what the reads from `last`
+        // apply): the last confirmation, or the check above when it started cold.
+        let mut anchor = match self.state.confirmed_at() {
+            Some(c) if !lapsed => c,
+            _ => checked,
+        };
         self.state.connected.store(true, Ordering::Release);
-        tracing::info!(from = %last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
+        tracing::info!(from = %seen.last.unwrap_or(StreamPos::ZERO), "revocation stream connected");
         let mut blocking = false;
         loop {
-            let from = last.unwrap_or(StreamPos::ZERO).to_string();
-            let mut opts = StreamReadOptions::default().count(1000);
+            let from = seen.last.unwrap_or(StreamPos::ZERO).to_string();
+            let mut opts = StreamReadOptions::default().count(READ_BATCH);
             if blocking {
                 opts = opts.block(usize::try_from(self.block.as_millis()).unwrap_or(1000));
             }
@@ -446,26 +538,47 @@ impl RedisFeed {
                         let h: String = entry.get("h").unwrap_or_default();
                         self.apply(&g, at, &h, Path::Stream);
                         if let Some(pos) = StreamPos::parse(&entry.id) {
-                            *last = Some(pos);
+                            seen.last = Some(pos);
                         }
                     }
                 }
             }
-            // Everything in the stream when this read was issued has now been applied.
-            self.state.confirm(issued);
-            // A full batch may have more behind it: read again at once.
-            blocking = n < 1000;
+            if anchor.elapsed() >= self.state.lease() {
+                // The lease ran out inside this session (a slow read, a stalled process): the
+                // same doubt as after a reconnect past the lease, and the node may have changed
+                // under the connection. Check the gap again, start cold, and confirm only with a
+                // read issued after that.
+                let checked = Instant::now();
+                self.check_gap(&mut conn, seen).await?;
+                self.flush(
+                    FlushReason::LeaseLapsed,
+                    "lease ran out during a revocation stream read",
+                );
+                anchor = checked;
+                blocking = false;
+                continue;
+            }
+            // A full batch may have more behind it: read again at once, and confirm nothing
+            // yet (entries that were in the stream when this read was issued may be unread).
+            blocking = n < READ_BATCH;
+            if blocking {
+                // Fewer than asked for: everything in the stream when this read was issued has
+                // now been applied.
+                self.state.confirm(issued);
+                anchor = anchor.max(issued);
+            }
         }
     }
 
     /// Compares the epoch and the stream's bounds with what this replica saw before, flushing
     /// when the stream cannot replay what was missed; sets the position to read from.
-    async fn check_gap(
-        &self,
-        conn: &mut Conn,
-        epoch: &mut Option<String>,
-        last: &mut Option<StreamPos>,
-    ) -> redis::RedisResult<()> {
+    async fn check_gap(&self, conn: &mut Conn, seen: &mut Seen) -> redis::RedisResult<()> {
+        // First: a node that changes after this is seen as a failed read, and a new check.
+        let node = self.log_node(conn).await?;
+        let node_changed = matches!((&seen.node, &node), (Some(a), Some(b)) if a != b);
+        if node.is_some() {
+            seen.node = node;
+        }
         let candidate = crate::token::random_id("", 24).unwrap_or_else(|_| unix_ms().to_string());
         let _: Value = redis::cmd("SET")
             .arg(&self.epoch_key)
@@ -487,11 +600,13 @@ impl RedisFeed {
             .await?;
         let first = first.ids.first().and_then(|e| StreamPos::parse(&e.id));
         let generated = self.last_generated(conn).await?;
-        let epoch_changed = matches!((&*epoch, &now_epoch), (Some(a), Some(b)) if a != b);
-        *epoch = now_epoch;
+        let epoch_changed = matches!((&seen.epoch, &now_epoch), (Some(a), Some(b)) if a != b);
+        seen.epoch = now_epoch;
+        let last = &mut seen.last;
         match *last {
             None => {
-                // First connection: the cache is empty, nothing to replay.
+                // First connection: nothing to replay; whatever lookups cached before it is
+                // flushed by the caller (the lease was never confirmed).
                 *last = Some(generated.unwrap_or(StreamPos::ZERO));
             }
             Some(pos) => {
@@ -501,7 +616,9 @@ impl RedisFeed {
                         "epoch changed: redis lost its data or was replaced",
                     );
                     *last = Some(generated.unwrap_or(StreamPos::ZERO));
-                } else if generated.is_none_or(|g| g < pos) {
+                } else if generated.unwrap_or(StreamPos::ZERO) < pos {
+                    // The stream ends before what this replica read (no stream at all, while it
+                    // has read none, is no gap).
                     self.flush(
                         FlushReason::StreamBehind,
                         "stream is behind this replica: replaced or failed over",
@@ -514,10 +631,45 @@ impl RedisFeed {
                         FlushReason::StreamTrimmed,
                         "stream trimmed past this replica's position",
                     );
+                } else if node_changed {
+                    // A failover (or a restart) keeps the epoch and may keep the stream going
+                    // with new entries, while the entries after this replica's position that
+                    // the old node had not replicated are gone: nothing tells which.
+                    self.flush(
+                        FlushReason::NodeChanged,
+                        "the revocation log's node changed: unread entries may be lost",
+                    );
                 }
             }
         }
         Ok(())
+    }
+
+    /// The run id of the node serving the stream (`INFO server`); `None` when this user may not
+    /// call INFO (the check is then skipped).
+    async fn log_node(&self, conn: &mut Conn) -> redis::RedisResult<Option<String>> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info = match conn {
+            Conn::Cluster(c) => {
+                let route = Route::with_key(&self.stream, SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                c.route_command(cmd, to).await
+            }
+            other => cmd.query_async::<Value>(other).await,
+        };
+        let text = match info {
+            Ok(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Ok(Value::VerbatimString { text, .. } | Value::SimpleString(text)) => text,
+            Ok(_) => return Ok(None),
+            // Refused (an ACL without INFO, a managed Redis that renamed it): no check.
+            Err(e) if e.code().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
     }
 
     async fn last_generated(&self, conn: &mut Conn) -> redis::RedisResult<Option<StreamPos>> {
@@ -537,7 +689,7 @@ impl RedisFeed {
     async fn subscriber(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.sub_session(&mut stop).await {
+            match self.sub_session(&mut stop, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "revocation channel disconnected; resubscribing")
@@ -551,7 +703,11 @@ impl RedisFeed {
         }
     }
 
-    async fn sub_session(&self, stop: &mut watch::Receiver<bool>) -> redis::RedisResult<()> {
+    async fn sub_session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> redis::RedisResult<()> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut conn = self.connect(Some(tx), self.timeout).await?;
         match &mut conn {
@@ -561,6 +717,7 @@ impl RedisFeed {
             Conn::Plain(c) => c.subscribe(&self.stream).await?,
             Conn::Manager(_) => {}
         }
+        *backoff = Duration::from_millis(50);
         let mut ping = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
@@ -574,6 +731,15 @@ impl RedisFeed {
                         return Err(redis::RedisError::from(std::io::Error::new(
                             std::io::ErrorKind::ConnectionReset,
                             "subscriber disconnected",
+                        )));
+                    }
+                    // Never asked for: the server dropped the subscription (a cluster node does
+                    // when the channel's slot moves away from it). Subscribe again from a new
+                    // connection, which finds the slot's new owner; the stream covers the gap.
+                    Some(PushInfo { kind: PushKind::Unsubscribe | PushKind::SUnsubscribe, .. }) => {
+                        return Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "subscription dropped by the server",
                         )));
                     }
                     Some(_) => {}
@@ -623,6 +789,18 @@ mod tests {
         assert!(a < b);
         assert_eq!(b.to_string(), "10-0");
         assert!(StreamPos::parse("x").is_none());
+    }
+
+    #[test]
+    fn a_stream_read_fits_twice_in_the_lease() {
+        let ms = Duration::from_millis;
+        assert_eq!(read_block(ms(5000), ms(1000)).ok(), Some(ms(1000)));
+        assert_eq!(read_block(ms(2000), ms(300)).ok(), Some(ms(500)));
+        assert_eq!(read_block(ms(1000), ms(200)).ok(), Some(ms(250)));
+        assert!(read_block(ms(1000), ms(1000)).is_err());
+        assert!(read_block(ms(5000), ms(3000)).is_err());
+        let e = read_block(ms(200), ms(100)).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("--revocation-lease")));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::grpc::validator::ValidatorService;
 use crate::http::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::pb;
-use crate::revocation::{FeedState, Lease, RedisFeed, Revocations};
+use crate::revocation::{FeedError, FeedState, Lease, RedisFeed, Revocations};
 use crate::store::embedded::{EmbeddedStore, OpenError};
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreCalls};
@@ -50,6 +50,9 @@ pub enum ServerError {
     /// The Redis URL could not be used.
     #[error("--store: {0}")]
     Redis(String),
+    /// Flags that cannot work together.
+    #[error("{0}")]
+    Config(String),
     /// The admin token file could not be read or written.
     #[error("--admin-token-file {path}: {reason}")]
     AdminToken {
@@ -202,7 +205,10 @@ impl App {
                     rc.timeout,
                     Arc::clone(&metrics),
                 )
-                .map_err(bad)?;
+                .map_err(|e| match e {
+                    FeedError::Url(e) => bad(e),
+                    e @ FeedError::Timing { .. } => ServerError::Config(e.to_string()),
+                })?;
                 tracing::info!(prefix = %rc.prefix, lease = ?config.revocation_lease, "redis store configured");
                 let store = Store::with_metrics(Arc::new(redis.clone()), Arc::clone(&metrics));
                 (store, Some(feed), Some(redis))

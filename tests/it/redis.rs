@@ -508,7 +508,10 @@ async fn case6_redis_down_cache_until_the_lease_then_unavailable_then_recovery()
 async fn case7_a_paused_replica_serves_no_cached_positive_before_catching_up() {
     let redis = RedisServer::start();
     let a = replica(&redis.url(), &[]).await;
-    let b = Replica::start(&redis.url(), &["--revocation-lease", "1s"]);
+    let b = Replica::start(
+        &redis.url(),
+        &["--revocation-lease", "1s", "--redis-timeout", "200ms"],
+    );
     b.wait_ready();
     let (key, info) = a.create_key("alice", &["mcp:read"]).await;
     let mut bv = ValidatorClient::new(channel(b.validator_addr).await);
@@ -565,4 +568,127 @@ async fn case8_revocations_racing_cache_fills_are_never_lost() {
         let r = bv.validate(req(&key, &[])).await.unwrap().into_inner();
         assert_eq!(decision(&r), Decision::Unauthenticated, "round {round}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case9_entries_cached_before_the_first_catch_up_do_not_outlive_later_revocations() {
+    use std::sync::Arc;
+
+    use navis_auth::cache::{Cache, Probe};
+    use navis_auth::clock::Clock;
+    use navis_auth::metrics::Metrics;
+    use navis_auth::revocation::RedisFeed;
+    use navis_auth::token::TokenHash;
+
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(2);
+    let cache = Arc::new(Cache::new(1024, Duration::from_secs(60), Clock::coarse()));
+    // A lookup fills the cache before the feed ever connected (the lease not yet confirmed).
+    let hash = TokenHash::of("filled before the first connect");
+    assert!(cache.fill(cache.ticket(), hash, None));
+    assert!(matches!(cache.lookup(&hash, |_| ()), Probe::Absent));
+    // A revocation of that token reaches the stream before the feed's first connect.
+    let id = redis.cli(&[
+        "XADD",
+        "navis-auth:{rev}:revocations",
+        "*",
+        "g",
+        "token",
+        "at",
+        "0",
+        "h",
+        &hash.to_hex(),
+    ]);
+    assert!(id.contains('-'), "XADD answered {id}");
+    let feed = RedisFeed::new(
+        &redis.url(),
+        "navis-auth:",
+        Arc::clone(&cache),
+        lease,
+        Duration::from_millis(300),
+        Metrics::new("redis", Some(lease)),
+    )
+    .unwrap();
+    let state = feed.state();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(feed.run(stop));
+    let caught_up = eventually(Duration::from_secs(5), || async { state.fresh() }).await;
+    assert!(caught_up, "the feed confirmed a catch-up");
+    assert!(
+        matches!(cache.lookup(&hash, |_| ()), Probe::Miss),
+        "the entry filled before the first catch-up is gone"
+    );
+    assert!(state.flushes() >= 1);
+    let _ = stop_tx.send(true);
+    run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case10_a_replica_stalled_past_its_lease_starts_cold() {
+    let redis = RedisServer::start();
+    let b = Replica::start(
+        &redis.url(),
+        &["--revocation-lease", "1s", "--redis-timeout", "200ms"],
+    );
+    b.wait_ready();
+    let flushed = |b: &Replica| {
+        b.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("cache flushed"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let before = flushed(&b).len();
+    // Stalled with a blocking read in flight, for longer than the lease; whether that read
+    // completes after SIGCONT or times out, the feed must start cold before confirming again.
+    b.pause();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.resume();
+    b.wait_ready();
+    let after = flushed(&b);
+    eprintln!("flushes after the stall: {:?}", &after[before..]);
+    assert!(
+        after[before..].iter().any(|l| l.contains("lease ran out")),
+        "the lapsed lease flushed the cache"
+    );
+    assert!(
+        !after.iter().any(|l| l.contains("stream is behind")),
+        "no stream yet is no gap"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case11_the_log_node_replaced_within_the_lease_flushes_the_cache() {
+    let mut redis = RedisServer::start();
+    let a = replica(&redis.url(), &[]).await;
+    let b = replica(&redis.url(), &["--revocation-lease", "30s"]).await;
+    let (key, _) = a.create_key("alice", &["mcp:read"]).await;
+    a.admin()
+        .await
+        .revoke_token(pb::RevokeTokenRequest {
+            target: Some(pb::revoke_token_request::Target::TokenId(
+                a.create_key("bob", &["mcp:read"]).await.1.token_id,
+            )),
+        })
+        .await
+        .unwrap();
+    cache_on(&b, &key).await;
+    let feed = b.feed.as_ref().unwrap();
+    let flushes = feed.flushes();
+    // Another process with the same data and epoch (as after a failover, where the entries the
+    // old node had not replicated would be gone without a trace in the stream).
+    redis.shutdown_save();
+    redis.start_again();
+    let flushed = eventually(Duration::from_secs(10), || async {
+        feed.flushes() > flushes && feed.connected()
+    })
+    .await;
+    assert!(flushed, "the new node was noticed and the cache flushed");
+    assert!(
+        feed.lease_age()
+            .is_some_and(|a| a < Duration::from_secs(30))
+    );
+    assert_eq!(decision(&b.check(&key, &[]).await), Decision::Allow);
 }

@@ -515,3 +515,45 @@ async fn cluster_case3_the_revocation_log_master_dies_replicas_fall_back_and_rec
         "no revoked token accepted at any point"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_case4_a_subscription_dropped_by_a_slot_migration_is_renewed() {
+    let cluster = RedisCluster::start();
+    let a = replica(&cluster.url(), &[]).await;
+    let b = replica(&cluster.url(), &[]).await;
+    let slot = cluster.slot(STREAM).to_string();
+    let from = cluster.owner(STREAM);
+    let to = (from + 1) % cluster.nodes.len();
+    let id = |i: usize| cluster.nodes[i].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let (from_id, to_id) = (id(from), id(to));
+    // Move the stream's slot (and with it the sharded channel) to another master.
+    cluster.nodes[to].cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    cluster.nodes[from].cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let keys = cluster.nodes[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+    let port = cluster.nodes[to].port.to_string();
+    for k in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
+        let r = cluster.nodes[from].cli(&["MIGRATE", "127.0.0.1", &port, k, "0", "5000"]);
+        assert!(r.contains("OK"), "MIGRATE {k}: {r}");
+    }
+    for n in &cluster.nodes {
+        n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+    assert!(cluster.wait_ok(Duration::from_secs(10)));
+    assert_eq!(cluster.owner(STREAM), to);
+
+    // Later revocations reach B over sharded pub/sub again, not only through the stream.
+    let before = applied(&b, "pubsub").await;
+    let resubscribed = eventually(Duration::from_secs(10), || async {
+        let (k, i) = a.create_key("bob", &["mcp:read"]).await;
+        cache_on(&b, &k).await;
+        a.admin()
+            .await
+            .revoke_token(revoke_id(&i.token_id))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        applied(&b, "pubsub").await > before
+    })
+    .await;
+    assert!(resubscribed, "B subscribed again on the slot's new owner");
+}
