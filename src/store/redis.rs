@@ -415,6 +415,24 @@ where
         .await
 }
 
+/// Like [`each`], but runs `f` for every item whatever the others return, and gives back every
+/// result (in order).
+async fn each_settled<T, R, F, Fut>(
+    c: &Conn,
+    items: impl IntoIterator<Item = T>,
+    f: F,
+) -> Vec<Result<R, StoreError>>
+where
+    F: Fn(Conn, T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, StoreError>>,
+{
+    futures_util::stream::iter(items)
+        .map(|item| f(c.clone(), item))
+        .buffered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
 /// How long a replica keeps retrying a revocation event it could not publish.
 const REPUBLISH_FOR: Duration = Duration::from_secs(600);
 
@@ -529,6 +547,17 @@ impl RedisStore {
         }
     }
 
+    /// One command, bounded by twice the timeout whatever the reconnect logic does.
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout * 2, f).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable("redis did not answer in time")),
+        }
+    }
+
     async fn hgetall(c: &mut Conn, key: &str) -> Result<Option<TokenRecord>, StoreError> {
         let fields: HashMap<String, Vec<u8>> = c.hgetall(key).await.map_err(unavailable)?;
         decode_hash(&fields)
@@ -622,12 +651,14 @@ impl RedisStore {
         }
     }
 
-    /// The (token id, hash) pairs a revocation target names.
+    /// The (token id, hash) pairs a revocation target names, and the first error of the
+    /// lookups that failed (the pairs that were found are still returned, so that they can be
+    /// revoked). An error reading the index itself is returned as such: nothing was found.
     async fn resolve(
         &self,
         c: &mut Conn,
         target: &RevokeTarget,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<(Vec<(String, String)>, Option<StoreError>), StoreError> {
         let ids: Vec<String> = match target {
             RevokeTarget::Token(h) => {
                 let hex = h.to_hex();
@@ -635,7 +666,7 @@ impl RedisStore {
                     .hget(self.keys.record(&hex), "i")
                     .await
                     .map_err(unavailable)?;
-                return Ok(id.map(|id| vec![(id, hex)]).unwrap_or_default());
+                return Ok((id.map(|id| vec![(id, hex)]).unwrap_or_default(), None));
             }
             RevokeTarget::TokenId(id) => vec![id.clone()],
             RevokeTarget::GrantId(g) => {
@@ -646,34 +677,57 @@ impl RedisStore {
                 .await
                 .map_err(unavailable)?,
         };
-        let pairs = each(c, ids, |mut c, id| async move {
-            let hex: Option<String> = c.get(self.keys.id(&id)).await.map_err(unavailable)?;
+        let found = each_settled(c, ids, |mut c, id| async move {
+            let key = self.keys.id(&id);
+            let hex: Option<String> = self.bounded(c.get(&key)).await?;
             Ok(hex.map(|hex| (id, hex)))
         })
-        .await?;
-        Ok(pairs.into_iter().flatten().collect())
+        .await;
+        let (mut pairs, mut failed) = (Vec::new(), None);
+        for f in found {
+            match f {
+                Ok(Some(pair)) => pairs.push(pair),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        Ok((pairs, failed))
     }
 
     /// Appends one event to the revocation stream and publishes it (one script on the stream's
-    /// slot). On failure a background task keeps trying for a while (see `RedisStore::revoke_with`).
-    async fn publish(
-        &self,
-        c: &mut Conn,
-        granularity: &str,
-        hexes: &[String],
-    ) -> Result<(), StoreError> {
-        match self.publish_once(c, granularity, hexes).await {
-            Ok(()) => {
-                self.confirm(c, hexes).await;
-                Ok(())
+    /// slot), then clears `p` on the records. On failure a background task keeps trying for a
+    /// while (see `RedisStore::revoke_with`).
+    ///
+    /// The attempt and its retries run in a task of their own: dropping this future (the
+    /// caller's deadline) never cancels them, so a record marked `p` is always either published
+    /// or left to the retries. This future only waits for the first attempt's result.
+    async fn publish(&self, granularity: &str, hexes: Vec<String>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let store = self.clone();
+        let granularity = granularity.to_owned();
+        tokio::spawn(async move {
+            let mut c = store.conn.clone();
+            let first = tokio::time::timeout(
+                store.timeout * 2,
+                store.publish_once(&mut c, &granularity, &hexes),
+            )
+            .await
+            .unwrap_or_else(|_| Err(unavailable("redis did not answer in time")));
+            match first {
+                Ok(()) => {
+                    store.confirm(&mut c, &hexes).await;
+                    let _ = tx.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    store.republish(granularity, hexes).await;
+                }
             }
-            Err(e) => {
-                let store = self.clone();
-                let (granularity, hexes) = (granularity.to_owned(), hexes.to_vec());
-                tokio::spawn(async move { store.republish(granularity, hexes).await });
-                Err(e)
-            }
-        }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(unavailable("the revocation event task ended")))
     }
 
     async fn publish_once(
@@ -766,14 +820,26 @@ impl RedisStore {
     /// records still marked `p` are published again (and reported again, as this call is the
     /// one that completes them), records whose revocation was published are not.
     ///
+    /// If some records cannot be marked (their slot is down), every other record is still
+    /// marked and published, and the call returns `UNAVAILABLE` carrying what it did change
+    /// ([`StoreError::Incomplete`]), so this replica drops those from its cache at once. The
+    /// event and its retries run in a task of their own (see `RedisStore::publish`): the
+    /// caller's deadline cannot cancel them between step 1 and step 2.
+    ///
     /// Publishing first would be unsafe: a replica could refill its cache from the store
     /// between the event and the record change, and keep an allowed entry for a revoked token.
+    ///
+    /// Each step has its own bound (the lookups, each mark, the first publish attempt), and the
+    /// whole sequence runs in a task of its own ([`RedisStore::revoke_detached`]), so no
+    /// caller's deadline can stop it between marking and publishing, and every mark that can be
+    /// made is made and reported.
     async fn revoke_with(
         &self,
-        c: &mut Conn,
         target: RevokeTarget,
         now: i64,
     ) -> Result<Vec<Changed>, StoreError> {
+        let mut conn = self.conn.clone();
+        let c = &mut conn;
         let granularity = match &target {
             RevokeTarget::Token(_) | RevokeTarget::TokenId(_) => "token",
             RevokeTarget::GrantId(_) | RevokeTarget::SubjectClient { .. } => "grant",
@@ -783,37 +849,131 @@ impl RedisStore {
             RevokeTarget::SubjectClient { client_id, .. } => Some(client_id.clone()),
             _ => None,
         };
-        let pairs = self.resolve(c, &target).await?;
+        let (pairs, mut failed) = tokio::time::timeout(self.timeout * 6, self.resolve(c, &target))
+            .await
+            .unwrap_or_else(|_| Err(unavailable("redis did not answer in time")))?;
         let (only, client) = match &client {
             Some(cl) => ("1", cl.as_str()),
             None => ("0", ""),
         };
-        let marked = each(c, pairs, |mut c, (id, hex)| async move {
-            let done: i64 = self
-                .scripts
-                .revoke_record
-                .key(self.keys.record(&hex))
-                .arg(now)
-                .arg(only)
-                .arg(client)
-                .invoke_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+        // Every record is tried, whatever the others do: one slot down must not leave the
+        // records on the healthy ones marked but unpublished.
+        let marked = each_settled(c, pairs, |mut c, (id, hex)| async move {
+            let mut mark = self.scripts.revoke_record.key(self.keys.record(&hex));
+            mark.arg(now).arg(only).arg(client);
+            let done: i64 = self.bounded(mark.invoke_async(&mut c)).await?;
             Ok((done != 0).then_some((id, hex)))
         })
-        .await?;
+        .await;
         let mut changed = Vec::new();
         let mut hexes = Vec::new();
-        for (id, hex) in marked.into_iter().flatten() {
-            if let Some(hash) = hex_hash(&hex) {
-                changed.push(Changed { hash, token_id: id });
-                hexes.push(hex);
+        for m in marked {
+            match m {
+                Ok(Some((id, hex))) => {
+                    if let Some(hash) = hex_hash(&hex) {
+                        changed.push(Changed { hash, token_id: id });
+                        hexes.push(hex);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        if !hexes.is_empty() {
-            self.publish(c, granularity, &hexes).await?;
+        if !hexes.is_empty()
+            && let Err(e) = self.publish(granularity, hexes).await
+        {
+            failed.get_or_insert(e);
         }
-        Ok(changed)
+        match failed {
+            None => Ok(changed),
+            Some(e) => Err(e.with_changed(changed)),
+        }
+    }
+}
+
+impl RedisStore {
+    /// The spending steps of [`TokenStore::spend_refresh`] (one bound for all of them): the
+    /// outcome, or the grant to revoke when the refresh token was reused.
+    fn spend_steps(
+        &self,
+        hash: TokenHash,
+        now: i64,
+        successors: Successors,
+    ) -> StoreFuture<'_, Result<SpendOutcome, Reuse>> {
+        self.steps(move |mut c| async move {
+            let rk = self.keys.record(&hash.to_hex());
+            let Some(old) = Self::hgetall(&mut c, &rk).await? else {
+                return Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Unknown)));
+            };
+            let grant = old.grant_id.clone();
+            match RefreshState::of(&old, now) {
+                RefreshState::Usable => {}
+                RefreshState::Refused(r) => return Ok(Ok(SpendOutcome::Refused(r))),
+                RefreshState::Reused => return Ok(Err(Reuse(grant))),
+            }
+            let issued = match successors(&old) {
+                Ok(v) => v,
+                Err(r) => return Ok(Ok(SpendOutcome::Refused(r))),
+            };
+            if issued.len() != 2 {
+                return Err(StoreError::Corrupt(
+                    "a refresh must issue exactly two tokens".into(),
+                ));
+            }
+            self.insert_records(&mut c, &issued).await?;
+            let outcome: String = match self
+                .scripts
+                .spend
+                .key(&rk)
+                .arg(now)
+                .invoke_async(&mut c)
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    self.remove_records(&mut c, &issued).await;
+                    return Err(unavailable(e));
+                }
+            };
+            if outcome != "OK" {
+                self.remove_records(&mut c, &issued).await;
+            }
+            match outcome.as_str() {
+                "OK" => {
+                    let mut spent = old;
+                    spent.spent_at = now;
+                    Ok(Ok(SpendOutcome::Spent {
+                        old: Box::new(spent),
+                        issued,
+                    }))
+                }
+                // Spent by a concurrent refresh between our read and the script: reuse.
+                "REUSED" => Ok(Err(Reuse(grant))),
+                "REVOKED" => Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Revoked))),
+                "EXPIRED" => Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Expired))),
+                _ => Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Unknown))),
+            }
+        })
+    }
+}
+
+/// A refresh token was presented again: its grant (this id) must be revoked.
+struct Reuse(String);
+
+impl RedisStore {
+    /// Runs [`RedisStore::revoke_with`] in a task of its own and waits for its result: when the
+    /// caller stops waiting, the revocation still completes (its steps are bounded).
+    async fn revoke_detached(
+        &self,
+        target: RevokeTarget,
+        now: i64,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let store = self.clone();
+        tokio::spawn(async move { store.revoke_with(target, now).await })
+            .await
+            .unwrap_or_else(|_| Err(unavailable("the revocation task ended")))
     }
 }
 
@@ -901,7 +1061,14 @@ impl TokenStore for RedisStore {
                 return Ok(None);
             }
             let _: redis::RedisResult<i64> = c.expire_at(&id_key, set).await;
-            self.publish(&mut c, "update", &[hex]).await?;
+            if let Err(e) = self.publish("update", vec![hex]).await {
+                // The old record is changed in the store: this replica drops it anyway.
+                let changed = Changed {
+                    hash: before.hash,
+                    token_id: before.token_id.clone(),
+                };
+                return Err(e.with_changed(vec![changed]));
+            }
             Ok(Some(before))
         })
     }
@@ -916,71 +1083,22 @@ impl TokenStore for RedisStore {
         now: i64,
         successors: Successors,
     ) -> StoreFuture<'_, SpendOutcome> {
-        self.steps(move |mut c| async move {
-            let rk = self.keys.record(&hash.to_hex());
-            let Some(old) = Self::hgetall(&mut c, &rk).await? else {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Unknown));
+        Box::pin(async move {
+            // On reuse the grant is revoked outside the bound of the spending steps, in a task
+            // of its own (see `RedisStore::revoke_detached`).
+            let grant = match self.spend_steps(hash, now, successors).await? {
+                Ok(done) => return Ok(done),
+                Err(Reuse(grant)) => grant,
             };
-            let grant = old.grant_id.clone();
-            let reuse = |c: Conn| async move {
-                let mut c = c;
-                let revoked = self
-                    .revoke_with(&mut c, RevokeTarget::GrantId(grant), now)
-                    .await?;
-                Ok(SpendOutcome::Reused { revoked })
-            };
-            match RefreshState::of(&old, now) {
-                RefreshState::Usable => {}
-                RefreshState::Refused(r) => return Ok(SpendOutcome::Refused(r)),
-                RefreshState::Reused => return reuse(c).await,
-            }
-            let issued = match successors(&old) {
-                Ok(v) => v,
-                Err(r) => return Ok(SpendOutcome::Refused(r)),
-            };
-            if issued.len() != 2 {
-                return Err(StoreError::Corrupt(
-                    "a refresh must issue exactly two tokens".into(),
-                ));
-            }
-            self.insert_records(&mut c, &issued).await?;
-            let outcome: String = match self
-                .scripts
-                .spend
-                .key(&rk)
-                .arg(now)
-                .invoke_async(&mut c)
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => {
-                    self.remove_records(&mut c, &issued).await;
-                    return Err(unavailable(e));
-                }
-            };
-            if outcome != "OK" {
-                self.remove_records(&mut c, &issued).await;
-            }
-            match outcome.as_str() {
-                "OK" => {
-                    let mut spent = old;
-                    spent.spent_at = now;
-                    Ok(SpendOutcome::Spent {
-                        old: Box::new(spent),
-                        issued,
-                    })
-                }
-                // Spent by a concurrent refresh between our read and the script: reuse.
-                "REUSED" => reuse(c).await,
-                "REVOKED" => Ok(SpendOutcome::Refused(RefreshRefusal::Revoked)),
-                "EXPIRED" => Ok(SpendOutcome::Refused(RefreshRefusal::Expired)),
-                _ => Ok(SpendOutcome::Refused(RefreshRefusal::Unknown)),
-            }
+            let revoked = self
+                .revoke_detached(RevokeTarget::GrantId(grant), now)
+                .await?;
+            Ok(SpendOutcome::Reused { revoked })
         })
     }
 
     fn revoke(&self, target: RevokeTarget, now: i64) -> StoreFuture<'_, Vec<Changed>> {
-        self.steps(move |mut c| async move { self.revoke_with(&mut c, target, now).await })
+        Box::pin(self.revoke_detached(target, now))
     }
 
     fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage> {

@@ -1,0 +1,123 @@
+//! The Redis store's multi-step changes under faults and races (`store::redis`): a revocation
+//! that reaches only some cluster slots, listing while tokens are being created, refreshes racing
+//! grant revocation, and a refresh whose reply was lost.
+
+use std::time::{Duration, Instant};
+
+use navis_auth::pb::{self, Decision};
+use navis_auth::token::TokenHash;
+use tonic::Code;
+
+use crate::helpers::{TestServer, decision};
+use crate::redis::{cache_on, refused_after};
+use crate::redis_cluster_server::RedisCluster;
+
+const STREAM: &str = "navis-auth:{rev}:revocations";
+
+async fn replica(url: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--store", url];
+    args.extend_from_slice(extra);
+    let s = TestServer::start_with(&args).await;
+    s.wait_ready().await;
+    s
+}
+
+fn record_key(token: &str) -> String {
+    format!("navis-auth:t:{{{}}}", TokenHash::of(token).to_hex())
+}
+
+fn id_key(id: &str) -> String {
+    format!("navis-auth:i:{{{id}}}")
+}
+
+/// A subject revocation while one master (not the log's, not the subject index's) is down: the
+/// records on the healthy masters are still revoked and published, this replica drops them at
+/// once, the call reports UNAVAILABLE, and a retry after the master is back completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_revocation_missing_one_master_still_publishes_the_rest() {
+    let mut cluster = RedisCluster::start();
+    let flags = ["--redis-timeout", "300ms"];
+    let a = replica(&cluster.url(), &flags).await;
+    let b = replica(&cluster.url(), &flags).await;
+    let rev = cluster.owner(STREAM);
+    let index = cluster.owner("navis-auth:s:{alice}");
+    let down = (0..3)
+        .find(|n| *n != rev && *n != index)
+        .expect("a third master");
+
+    let (mut healthy, mut lost) = (Vec::new(), None);
+    for _ in 0..200 {
+        let (k, info) = a.create_key("alice", &["mcp:read"]).await;
+        let on_down = cluster.owner(&record_key(&k)) == down;
+        let id_down = cluster.owner(&id_key(&info.token_id)) == down;
+        if on_down && !id_down {
+            lost.get_or_insert(k);
+        } else if !on_down && !id_down && healthy.len() < 3 {
+            healthy.push(k);
+        }
+        if lost.is_some() && healthy.len() == 3 {
+            break;
+        }
+    }
+    let lost = lost.expect("a record on the master to kill");
+    assert_eq!(healthy.len(), 3, "three records elsewhere");
+    for t in &healthy {
+        cache_on(&a, t).await;
+        cache_on(&b, t).await;
+    }
+
+    cluster.kill(down);
+    let mut admin = a.admin().await;
+    let e = admin
+        .revoke_subject(pb::RevokeSubjectRequest {
+            subject: "alice".into(),
+        })
+        .await
+        .expect_err("one record could not be marked");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let returned = Instant::now();
+    // This replica dropped what was revoked at once; the other one hears the event.
+    for t in &healthy {
+        assert_eq!(
+            decision(&a.check(t, &[]).await),
+            Decision::Unauthenticated,
+            "the local replica invalidated the marked records"
+        );
+    }
+    let mut bv = b.validator().await;
+    for t in &healthy {
+        let took = refused_after(&mut bv, t, returned, Duration::from_millis(500)).await;
+        assert!(took.is_some(), "the marked records were published");
+    }
+    let events = cluster.nodes[rev].cli(&["XRANGE", STREAM, "-", "+"]);
+    for t in &healthy {
+        assert!(events.contains(&TokenHash::of(t).to_hex()), "in the stream");
+    }
+
+    cluster.restart(down);
+    assert!(cluster.wait_ok(Duration::from_secs(20)), "cluster ok again");
+    let mut retried = None;
+    for _ in 0..50 {
+        match admin
+            .revoke_subject(pb::RevokeSubjectRequest {
+                subject: "alice".into(),
+            })
+            .await
+        {
+            Ok(r) => {
+                retried = Some(r.into_inner());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let retried = retried.expect("the retry succeeds once the master is back");
+    assert!(retried.revoked >= 1, "the record on the restarted master");
+    assert_eq!(
+        decision(&b.check(&lost, &[]).await),
+        Decision::Unauthenticated
+    );
+}
