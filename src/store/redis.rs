@@ -570,8 +570,9 @@ impl RedisStore {
     /// 3. write each record: only now can the token be validated.
     ///
     /// A failure after step 1 leaves ids and index entries without a record: nothing accepts
-    /// them, listing prunes them, and they expire with the token. A token is never valid
-    /// before every revocation path can reach it.
+    /// them, listing skips them (and prunes an index entry only once its id key is gone), and
+    /// they expire with the token. A token is never valid before every revocation path can
+    /// reach it.
     async fn insert_records(
         &self,
         c: &mut Conn,
@@ -959,6 +960,14 @@ impl RedisStore {
     }
 }
 
+/// What listing found for an id of a subject's index.
+enum Listed {
+    /// The id key is there; the record, if it is there too.
+    Record(Option<Box<TokenRecord>>),
+    /// The id key is gone: the token expired (or was never completed and removed).
+    Gone,
+}
+
 /// A refresh token was presented again: its grant (this id) must be revoked.
 struct Reuse(String);
 
@@ -1131,23 +1140,33 @@ impl TokenStore for RedisStore {
                     let hex: Option<String> =
                         c.get(self.keys.id(&id)).await.map_err(unavailable)?;
                     match hex {
-                        Some(h) => Self::hgetall(&mut c, &self.keys.record(&h)).await,
-                        None => Ok(None),
+                        Some(h) => Self::hgetall(&mut c, &self.keys.record(&h))
+                            .await
+                            .map(|r| Listed::Record(r.map(Box::new))),
+                        None => Ok(Listed::Gone),
                     }
                 })
                 .await?;
                 let mut stale = Vec::new();
                 for (id, rec) in ids.iter().zip(records) {
-                    let Some(r) = rec else {
-                        stale.push(id.clone());
-                        continue;
+                    let r = match rec {
+                        Listed::Record(Some(r)) => *r,
+                        // An id without its record is a token being created (`insert_records`
+                        // writes the record last) or left by a failed one: not listed, and not
+                        // pruned either, as the record may be about to appear.
+                        Listed::Record(None) => continue,
+                        Listed::Gone => {
+                            stale.push(id.clone());
+                            continue;
+                        }
                     };
                     if q.matches(&r) && !page.offer(r, q.limit) {
                         return Ok(page);
                     }
                 }
                 if !stale.is_empty() {
-                    // Expired tokens leave their id behind in the index: tidy up.
+                    // Expired tokens leave their id behind in the index (the `i:` key expires
+                    // with the token, the index lives as long as its longest token): tidy up.
                     let _: i64 = c.zrem(&sk, &stale).await.map_err(unavailable)?;
                 }
                 if ids.len() < batch {

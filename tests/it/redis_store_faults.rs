@@ -11,6 +11,7 @@ use tonic::Code;
 use crate::helpers::{TestServer, decision};
 use crate::redis::{cache_on, refused_after};
 use crate::redis_cluster_server::RedisCluster;
+use crate::redis_server::RedisServer;
 
 const STREAM: &str = "navis-auth:{rev}:revocations";
 
@@ -120,4 +121,45 @@ async fn cluster_a_revocation_missing_one_master_still_publishes_the_rest() {
         decision(&b.check(&lost, &[]).await),
         Decision::Unauthenticated
     );
+}
+
+/// ListTokens never prunes an index entry whose id key is still there: that is a token being
+/// created (id claimed and indexed, record not written yet). Once the id key is gone (it expires
+/// with the token), the entry is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_keeps_index_entries_of_tokens_being_created() {
+    let redis = RedisServer::start();
+    let s = replica(&redis.url(), &[]).await;
+    let (_, done) = s.create_key("alice", &["mcp:read"]).await;
+    // A token half way through `insert_records`: id claimed, indexed, record not yet written.
+    let pending = "tok_pendingpendingpend";
+    let hex = TokenHash::of("not-a-token").to_hex();
+    redis.cli(&["SET", &id_key(pending), &hex]);
+    redis.cli(&["ZADD", "navis-auth:s:{alice}", "0", pending]);
+    let list = |mut a: crate::helpers::AdminClient| async move {
+        a.list_tokens(pb::ListTokensRequest {
+            subject: "alice".into(),
+            include_inactive: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .into_iter()
+        .map(|t| t.token_id)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(list(s.admin().await).await, vec![done.token_id.clone()]);
+    let score = redis.cli(&["ZSCORE", "navis-auth:s:{alice}", pending]);
+    assert_eq!(
+        score.trim(),
+        "0",
+        "the entry of a token being created stays"
+    );
+    // Its id key gone (expired with the token): now it is stale and pruned.
+    redis.cli(&["DEL", &id_key(pending)]);
+    assert_eq!(list(s.admin().await).await, vec![done.token_id.clone()]);
+    let score = redis.cli(&["ZSCORE", "navis-auth:s:{alice}", pending]);
+    assert_eq!(score.trim(), "", "pruned once the id key is gone");
 }
