@@ -212,19 +212,19 @@ return 1
 ";
 
 /// KEYS[1] the record. ARGV: now, '1' to require client ARGV[3].
-/// Returns 1 revoked now, 2 revoked before but maybe never published (`p`), 0 nothing to do.
+/// Returns 1 revoked now; 2 changed before (revoked, or shortened by a rotation) and maybe never
+/// published (`p`), so to be published again; 0 nothing to do.
 const REVOKE_RECORD: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'r', 'e', 'c', 'p')
 if not f[1] then return 0 end
 local now, r, e = tonumber(ARGV[1]), tonumber(f[1]), tonumber(f[2])
 if ARGV[2] == '1' and f[3] ~= ARGV[3] then return 0 end
-if e ~= 0 and e <= now then return 0 end
-if r ~= 0 then
-  if f[4] == '1' then return 2 end
-  return 0
+if r == 0 and (e == 0 or e > now) then
+  redis.call('HSET', KEYS[1], 'r', now, 'p', 1)
+  return 1
 end
-redis.call('HSET', KEYS[1], 'r', now, 'p', 1)
-return 1
+if f[4] == '1' then return 2 end
+return 0
 ";
 
 /// KEYS[1] the record: its last change is published.
@@ -1051,6 +1051,17 @@ impl TokenStore for RedisStore {
                 || before.spent_at != 0
                 || before.is_expired(now)
             {
+                // A change to it that may never have been published (`p`: a revocation, or an
+                // earlier rotation whose event failed) is published again: a retry completes it.
+                let p: Option<String> = c.hget(&rk, "p").await.map_err(unavailable)?;
+                if p.as_deref() == Some("1") {
+                    let granularity = if before.is_revoked() {
+                        "token"
+                    } else {
+                        "update"
+                    };
+                    self.publish(granularity, vec![hex]).await?;
+                }
                 return Ok(None);
             }
             let new = [new];

@@ -163,3 +163,54 @@ async fn listing_keeps_index_entries_of_tokens_being_created() {
     let score = redis.cli(&["ZSCORE", "navis-auth:s:{alice}", pending]);
     assert_eq!(score.trim(), "", "pruned once the id key is gone");
 }
+
+/// A record whose change may not have been published (`p` = 1: its event was lost) is published
+/// again by the next revocation that reaches it, whether it was rotated or revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_left_unpublished_is_published_by_the_next_call_that_reaches_it() {
+    let redis = RedisServer::start();
+    let s = replica(&redis.url(), &[]).await;
+    let mut a = s.admin().await;
+    let events = || {
+        redis
+            .cli(&["XLEN", "navis-auth:{rev}:revocations"])
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    // A rotation whose event was lost (simulated: `p` set again after it was published).
+    let (key, info) = s.create_key("alice", &["mcp:read"]).await;
+    a.rotate_api_key(pb::RotateApiKeyRequest {
+        token_id: info.token_id.clone(),
+        grace_period_seconds: 600,
+    })
+    .await
+    .unwrap();
+    let rk = record_key(&key);
+    redis.cli(&["HSET", &rk, "p", "1"]);
+    let before = events();
+    a.revoke_token(pb::RevokeTokenRequest {
+        target: Some(pb::revoke_token_request::Target::TokenId(
+            info.token_id.clone(),
+        )),
+    })
+    .await
+    .unwrap();
+    assert_eq!(events(), before + 1, "published");
+    assert_eq!(redis.cli(&["HGET", &rk, "p"]).trim(), "0", "and confirmed");
+    // A revoked record whose event was lost: revoking it again publishes it again.
+    redis.cli(&["HSET", &rk, "p", "1"]);
+    a.revoke_token(pb::RevokeTokenRequest {
+        target: Some(pb::revoke_token_request::Target::TokenId(
+            info.token_id.clone(),
+        )),
+    })
+    .await
+    .unwrap();
+    assert_eq!(events(), before + 2, "published again");
+    assert_eq!(redis.cli(&["HGET", &rk, "p"]).trim(), "0");
+    assert_eq!(
+        decision(&s.check(&key, &[]).await),
+        Decision::Unauthenticated
+    );
+}
