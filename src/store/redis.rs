@@ -175,6 +175,12 @@ impl Keys {
         format!("{}g:{{{grant}}}", self.prefix)
     }
 
+    /// A grant's tombstone (on the grant index's slot): set by a grant revocation before it
+    /// reads the grant's members, checked by a refresh after it spends.
+    pub fn grant_tombstone(&self, grant: &str) -> String {
+        format!("{}g:{{{grant}}}:revoked", self.prefix)
+    }
+
     /// The revocation stream, and the pub/sub channel of the same name.
     pub fn revocations(&self) -> String {
         format!("{}{{rev}}:revocations", self.prefix)
@@ -212,19 +218,32 @@ return 1
 ";
 
 /// KEYS[1] the record. ARGV: now, '1' to require client ARGV[3].
-/// Returns 1 revoked now; 2 changed before (revoked, or shortened by a rotation) and maybe never
+/// Returns {code, grant}: code 1 revoked now; 2 changed before (revoked, or shortened by a rotation) and maybe never
 /// published (`p`), so to be published again; 0 nothing to do.
 const REVOKE_RECORD: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'r', 'e', 'c', 'p')
-if not f[1] then return 0 end
+if not f[1] then return {0, ''} end
 local now, r, e = tonumber(ARGV[1]), tonumber(f[1]), tonumber(f[2])
-if ARGV[2] == '1' and f[3] ~= ARGV[3] then return 0 end
+if ARGV[2] == '1' and f[3] ~= ARGV[3] then return {0, ''} end
+local g = redis.call('HGET', KEYS[1], 'g') or ''
 if r == 0 and (e == 0 or e > now) then
   redis.call('HSET', KEYS[1], 'r', now, 'p', 1)
-  return 1
+  return {1, g}
 end
-if f[4] == '1' then return 2 end
-return 0
+if f[4] == '1' then return {2, g} end
+return {0, g}
+";
+
+/// KEYS[1] a grant's tombstone, KEYS[2] its index (one slot). ARGV: now. Sets the tombstone
+/// (kept a day: far longer than any refresh in flight), then returns the grant's token ids.
+const GRANT_TOMBSTONE: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
+return redis.call('SMEMBERS', KEYS[2])
+";
+
+/// KEYS[1] a grant's tombstone. Returns 1 when the grant was revoked.
+const GRANT_REVOKED: &str = r"
+return redis.call('EXISTS', KEYS[1])
 ";
 
 /// KEYS[1] the record: its last change is published.
@@ -290,6 +309,8 @@ struct Scripts {
     rotate_old: Script,
     spend: Script,
     touch: Script,
+    grant_tombstone: Script,
+    grant_revoked: Script,
 }
 
 impl Scripts {
@@ -303,6 +324,8 @@ impl Scripts {
             rotate_old: Script::new(ROTATE_OLD),
             spend: Script::new(SPEND),
             touch: Script::new(TOUCH),
+            grant_tombstone: Script::new(GRANT_TOMBSTONE),
+            grant_revoked: Script::new(GRANT_REVOKED),
         }
     }
 }
@@ -670,14 +693,33 @@ impl RedisStore {
                 return Ok((id.map(|id| vec![(id, hex)]).unwrap_or_default(), None));
             }
             RevokeTarget::TokenId(id) => vec![id.clone()],
-            RevokeTarget::GrantId(g) => {
-                c.smembers(self.keys.grant(g)).await.map_err(unavailable)?
-            }
+            RevokeTarget::GrantId(g) => self.tombstone(c, g).await?,
             RevokeTarget::SubjectClient { subject, .. } | RevokeTarget::Subject(subject) => c
                 .zrange(self.keys.subject(subject), 0, -1)
                 .await
                 .map_err(unavailable)?,
         };
+        Ok(self.pairs_of(c, ids).await)
+    }
+
+    /// Sets a grant's tombstone, then reads its token ids (one script on the grant's slot): a
+    /// refresh that spends from now on sees the tombstone, one that spent before has indexed its
+    /// successors already.
+    async fn tombstone(&self, c: &mut Conn, grant: &str) -> Result<Vec<String>, StoreError> {
+        let mut inv = self
+            .scripts
+            .grant_tombstone
+            .key(self.keys.grant_tombstone(grant));
+        inv.key(self.keys.grant(grant)).arg(now_ms() / 1000);
+        self.bounded(inv.invoke_async(c)).await
+    }
+
+    /// The (token id, hash) pairs of `ids`, and the first error of the lookups that failed.
+    async fn pairs_of(
+        &self,
+        c: &mut Conn,
+        ids: Vec<String>,
+    ) -> (Vec<(String, String)>, Option<StoreError>) {
         let found = each_settled(c, ids, |mut c, id| async move {
             let key = self.keys.id(&id);
             let hex: Option<String> = self.bounded(c.get(&key)).await?;
@@ -694,7 +736,7 @@ impl RedisStore {
                 }
             }
         }
-        Ok((pairs, failed))
+        (pairs, failed)
     }
 
     /// Appends one event to the revocation stream and publishes it (one script on the stream's
@@ -857,30 +899,53 @@ impl RedisStore {
             Some(cl) => ("1", cl.as_str()),
             None => ("0", ""),
         };
-        // Every record is tried, whatever the others do: one slot down must not leave the
-        // records on the healthy ones marked but unpublished.
-        let marked = each_settled(c, pairs, |mut c, (id, hex)| async move {
-            let mut mark = self.scripts.revoke_record.key(self.keys.record(&hex));
-            mark.arg(now).arg(only).arg(client);
-            let done: i64 = self.bounded(mark.invoke_async(&mut c)).await?;
-            Ok((done != 0).then_some((id, hex)))
-        })
-        .await;
         let mut changed = Vec::new();
         let mut hexes = Vec::new();
-        for m in marked {
-            match m {
-                Ok(Some((id, hex))) => {
-                    if let Some(hash) = hex_hash(&hex) {
-                        changed.push(Changed { hash, token_id: id });
-                        hexes.push(hex);
+        let mut grants = Vec::new();
+        self.mark(
+            c,
+            pairs,
+            (now, only, client),
+            &mut changed,
+            &mut hexes,
+            &mut grants,
+            &mut failed,
+        )
+        .await;
+        // Disconnect: every grant it reached gets its tombstone, then the grant's members are
+        // revoked too (a refresh in flight indexed its successors in the grant, maybe after the
+        // subject index was read; see `spend_refresh`).
+        if matches!(target, RevokeTarget::SubjectClient { .. }) {
+            grants.sort();
+            grants.dedup();
+            let seen: std::collections::HashSet<String> = changed
+                .iter()
+                .map(|ch: &Changed| ch.token_id.clone())
+                .collect();
+            let mut ids = Vec::new();
+            for g in &grants {
+                match self.tombstone(c, g).await {
+                    Ok(members) => ids.extend(members.into_iter().filter(|i| !seen.contains(i))),
+                    Err(e) => {
+                        failed.get_or_insert(e);
                     }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
             }
+            let (more, err) = self.pairs_of(c, ids).await;
+            if let Some(e) = err {
+                failed.get_or_insert(e);
+            }
+            let mut ignored = Vec::new();
+            self.mark(
+                c,
+                more,
+                (now, only, client),
+                &mut changed,
+                &mut hexes,
+                &mut ignored,
+                &mut failed,
+            )
+            .await;
         }
         if !hexes.is_empty()
             && let Err(e) = self.publish(granularity, hexes).await
@@ -895,6 +960,47 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// Marks every record of `pairs` revoked (each on its own slot, every one tried whatever the
+    /// others do: one slot down must not leave the records on the healthy ones marked but
+    /// unpublished), and collects what changed, the grants reached, and the first error.
+    #[allow(clippy::too_many_arguments)]
+    async fn mark(
+        &self,
+        c: &mut Conn,
+        pairs: Vec<(String, String)>,
+        (now, only, client): (i64, &str, &str),
+        changed: &mut Vec<Changed>,
+        hexes: &mut Vec<String>,
+        grants: &mut Vec<String>,
+        failed: &mut Option<StoreError>,
+    ) {
+        let marked = each_settled(c, pairs, |mut c, (id, hex)| async move {
+            let mut mark = self.scripts.revoke_record.key(self.keys.record(&hex));
+            mark.arg(now).arg(only).arg(client);
+            let (done, grant): (i64, String) = self.bounded(mark.invoke_async(&mut c)).await?;
+            Ok((done, id, hex, grant))
+        })
+        .await;
+        for m in marked {
+            match m {
+                Ok((done, id, hex, grant)) => {
+                    if !grant.is_empty() {
+                        grants.push(grant);
+                    }
+                    if done != 0
+                        && let Some(hash) = hex_hash(&hex)
+                    {
+                        changed.push(Changed { hash, token_id: id });
+                        hexes.push(hex);
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+    }
+
     /// The spending steps of [`TokenStore::spend_refresh`] (one bound for all of them): the
     /// outcome, or the grant to revoke when the refresh token was reused.
     fn spend_steps(
@@ -940,6 +1046,39 @@ impl RedisStore {
             };
             if outcome != "OK" {
                 self.remove_records(&mut c, &issued).await;
+            }
+            if outcome == "OK" && !grant.is_empty() {
+                // A grant revocation sets the tombstone before it reads the grant's members: if
+                // it is not set now, that revocation (if any) will find the successors, indexed
+                // above; if it is, the successors are revoked here and nothing is handed out.
+                let tomb = self.keys.grant_tombstone(&grant);
+                let revoked: i64 = self
+                    .bounded(self.scripts.grant_revoked.key(&tomb).invoke_async(&mut c))
+                    .await?;
+                if revoked != 0 {
+                    let pairs = issued
+                        .iter()
+                        .map(|r| (r.token_id.clone(), r.hash.to_hex()))
+                        .collect();
+                    let (mut changed, mut hexes, mut grants, mut failed) =
+                        (Vec::new(), Vec::new(), Vec::new(), None);
+                    self.mark(
+                        &mut c,
+                        pairs,
+                        (now, "0", ""),
+                        &mut changed,
+                        &mut hexes,
+                        &mut grants,
+                        &mut failed,
+                    )
+                    .await;
+                    // Never handed out, so in no cache: the marks suffice, the event is for
+                    // the record. A failed mark leaves a token nobody knows.
+                    if !hexes.is_empty() {
+                        let _ = self.publish("grant", hexes).await;
+                    }
+                    return Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Revoked)));
+                }
             }
             match outcome.as_str() {
                 "OK" => {

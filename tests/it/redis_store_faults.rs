@@ -214,3 +214,138 @@ async fn a_change_left_unpublished_is_published_by_the_next_call_that_reaches_it
         Decision::Unauthenticated
     );
 }
+
+const ROUNDS: u64 = 300;
+
+/// Varies the interleaving of two racing calls: sometimes none, sometimes up to ~2 ms.
+async fn jitter(round: u64) {
+    if !round.is_multiple_of(5) {
+        tokio::time::sleep(Duration::from_micros(97 * (round % 23))).await;
+    }
+}
+
+/// Refreshes racing Disconnect (RevokeGrant) many times: whatever each side returns, no successor
+/// of a refresh stays valid once the revocation has returned (the grant tombstone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_racing_grant_revocation_leave_no_valid_successor() {
+    let redis = RedisServer::start();
+    let s = replica(&redis.url(), &[]).await;
+    let admin = s.admin().await;
+    let (mut handed_out, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let subject = format!("racer-{round}");
+        let first = s.issue(&subject, "claude", &["mcp:read"]).await;
+        let refresh = {
+            let mut a = admin.clone();
+            let rt = first.refresh_token.clone();
+            tokio::spawn(async move {
+                a.refresh_o_auth_tokens(pb::RefreshOAuthTokensRequest {
+                    refresh_token: rt,
+                    client_id: "claude".into(),
+                    scopes: vec![],
+                })
+                .await
+            })
+        };
+        jitter(round).await;
+        admin
+            .clone()
+            .revoke_grant(pb::RevokeGrantRequest {
+                subject: subject.clone(),
+                client_id: "claude".into(),
+            })
+            .await
+            .unwrap();
+        match refresh.await.unwrap() {
+            Ok(r) => {
+                handed_out += 1;
+                let r = r.into_inner();
+                assert_eq!(
+                    decision(&s.check(&r.access_token, &[]).await),
+                    Decision::Unauthenticated,
+                    "round {round}: a successor access token stayed valid"
+                );
+                let again = admin
+                    .clone()
+                    .refresh_o_auth_tokens(pb::RefreshOAuthTokensRequest {
+                        refresh_token: r.refresh_token,
+                        client_id: "claude".into(),
+                        scopes: vec![],
+                    })
+                    .await;
+                assert!(
+                    again.is_err(),
+                    "round {round}: a successor refresh token stayed usable"
+                );
+            }
+            Err(e) => {
+                refused += 1;
+                assert_eq!(e.code(), Code::FailedPrecondition, "round {round}: {e:?}");
+            }
+        }
+        assert_eq!(
+            decision(&s.check(&first.access_token, &[]).await),
+            Decision::Unauthenticated
+        );
+    }
+    eprintln!(
+        "refresh vs grant revocation: {handed_out} refreshes returned tokens, {refused} refused"
+    );
+}
+
+/// A refresh racing reuse detection of the same grant (an already spent refresh token presented
+/// again revokes the grant by its id) many times: the racing refresh's successors never stay
+/// valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_racing_reuse_detection_leave_no_valid_successor() {
+    let redis = RedisServer::start();
+    let s = replica(&redis.url(), &[]).await;
+    let admin = s.admin().await;
+    let req = |rt: &str| pb::RefreshOAuthTokensRequest {
+        refresh_token: rt.into(),
+        client_id: "claude".into(),
+        scopes: vec![],
+    };
+    let mut handed_out = 0;
+    for round in 0..ROUNDS {
+        let first = s
+            .issue(&format!("reuser-{round}"), "claude", &["mcp:read"])
+            .await;
+        let second = admin
+            .clone()
+            .refresh_o_auth_tokens(req(&first.refresh_token))
+            .await
+            .unwrap()
+            .into_inner();
+        let refresh = {
+            let mut a = admin.clone();
+            let r = req(&second.refresh_token);
+            tokio::spawn(async move { a.refresh_o_auth_tokens(r).await })
+        };
+        jitter(round).await;
+        let reuse = admin
+            .clone()
+            .refresh_o_auth_tokens(req(&first.refresh_token))
+            .await
+            .expect_err("reuse is refused");
+        assert_eq!(reuse.code(), Code::FailedPrecondition);
+        if let Ok(r) = refresh.await.unwrap() {
+            handed_out += 1;
+            let r = r.into_inner();
+            assert_eq!(
+                decision(&s.check(&r.access_token, &[]).await),
+                Decision::Unauthenticated,
+                "round {round}: a successor access token stayed valid"
+            );
+            assert!(
+                admin
+                    .clone()
+                    .refresh_o_auth_tokens(req(&r.refresh_token))
+                    .await
+                    .is_err(),
+                "round {round}: a successor refresh token stayed usable"
+            );
+        }
+    }
+    eprintln!("refresh vs reuse detection: {handed_out} of {ROUNDS} refreshes returned tokens");
+}
