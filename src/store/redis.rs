@@ -6,11 +6,13 @@
 //! revocation log keeps its three keys on one slot.
 //! - `P t:{<sha256 hex>}`: a HASH per token: `d` (the protobuf record), and the fields scripts read
 //!   or change: `e` expires_at, `r` revoked_at, `s` spent_at, `u` last_used_at, `k` kind, `c`
-//!   client, `i` token id, `g` grant, `p` 1 while a change to it may not have been published yet.
+//!   client, `i` token id, `g` grant, `p` 1 while a change to it may not have been published yet,
+//!   `n` (a spent refresh token) the hash of the successor it was spent for.
 //!   `EXPIREAT` = the token's expiry.
 //! - `P i:{<token id>}`: the token's hash (STRING), same expiry.
 //! - `P s:{<subject>}`: ZSET of the subject's token ids (score 0, ordered by id for paging).
 //! - `P g:{<grant id>}`: SET of the grant's token ids.
+//! - `P g:{<grant id>}:revoked`: the grant's tombstone (set by a grant revocation, for a day).
 //! - `P {rev}:revocations`: the revocation STREAM (fields `g` granularity, `at` unix ms, `h`
 //!   hashes), trimmed by age (`MINID ~`), and the pub/sub channel of the same name (sharded
 //!   pub/sub, `SPUBLISH`, on a cluster; `PUBLISH` on one server).
@@ -277,16 +279,21 @@ redis.call('EXPIREAT', KEYS[1], ne)
 return ne
 ";
 
-/// KEYS[1] the refresh token's record. ARGV: now.
-const SPEND: &str = r"
+/// KEYS[1] the refresh token's record. ARGV: now, nonce (the successor refresh token's hash).
+/// Idempotent: spent already with the same nonce is this same spend sent again (the client
+/// re-sends a call whose reply was lost), so it answers OK, not REUSED.
+pub const SPEND: &str = r"
 local now = tonumber(ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'k', 'r', 's', 'e')
+local f = redis.call('HMGET', KEYS[1], 'k', 'r', 's', 'e', 'n')
 if not f[1] or tonumber(f[1]) ~= 3 then return 'UNKNOWN' end
 if tonumber(f[2]) ~= 0 then return 'REVOKED' end
-if tonumber(f[3]) ~= 0 then return 'REUSED' end
+if tonumber(f[3]) ~= 0 then
+  if f[5] == ARGV[2] then return 'OK' end
+  return 'REUSED'
+end
 local e = tonumber(f[4])
 if e ~= 0 and e <= now then return 'EXPIRED' end
-redis.call('HSET', KEYS[1], 's', now)
+redis.call('HSET', KEYS[1], 's', now, 'n', ARGV[2])
 return 'OK'
 ";
 
@@ -1030,11 +1037,13 @@ impl RedisStore {
                 ));
             }
             self.insert_records(&mut c, &issued).await?;
+            let nonce = issued.last().map(|r| r.hash.to_hex()).unwrap_or_default();
             let outcome: String = match self
                 .scripts
                 .spend
                 .key(&rk)
                 .arg(now)
+                .arg(&nonce)
                 .invoke_async(&mut c)
                 .await
             {

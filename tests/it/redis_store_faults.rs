@@ -349,3 +349,42 @@ async fn refreshes_racing_reuse_detection_leave_no_valid_successor() {
     }
     eprintln!("refresh vs reuse detection: {handed_out} of {ROUNDS} refreshes returned tokens");
 }
+
+/// SPEND is idempotent: the same spend sent again (the client retries a call whose reply was
+/// lost) answers OK; another spend of the same refresh token is reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_sent_again_is_not_reuse() {
+    let redis = RedisServer::start();
+    let s = replica(&redis.url(), &[]).await;
+    let first = s.issue("alice", "claude", &["mcp:read"]).await;
+    let second = s
+        .admin()
+        .await
+        .refresh_o_auth_tokens(pb::RefreshOAuthTokensRequest {
+            refresh_token: first.refresh_token.clone(),
+            client_id: "claude".into(),
+            scopes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rk = record_key(&first.refresh_token);
+    let nonce = TokenHash::of(&second.refresh_token).to_hex();
+    assert_eq!(redis.cli(&["HGET", &rk, "n"]).trim(), nonce);
+    let spend = |n: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        redis.cli(&["EVAL", navis_auth::store::redis::SPEND, "1", &rk, &now, n])
+    };
+    assert_eq!(spend(&nonce).trim(), "OK", "the same spend again");
+    let other = TokenHash::of("another successor").to_hex();
+    assert_eq!(spend(&other).trim(), "REUSED", "another spend");
+    // The successors are untouched by the repeated spend.
+    assert_eq!(
+        decision(&s.check(&second.access_token, &[]).await),
+        Decision::Allow
+    );
+}
