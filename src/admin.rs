@@ -295,7 +295,7 @@ impl TokenService {
         };
         let new = self.new_record(TokenKind::ApiKey, &old, lifetime)?;
         let old_expires_at = now + grace_seconds;
-        let Some(before) = self
+        let rotated = self
             .store
             .rotate(
                 old.token_id.clone(),
@@ -303,8 +303,9 @@ impl TokenService {
                 new.record.clone(),
                 now,
             )
-            .await?
-        else {
+            .await
+            .inspect_err(|e| self.revocations.publish(Granularity::Update, e.changed()))?;
+        let Some(before) = rotated else {
             return Err(AdminError::NotFound("no such active API key"));
         };
         let effective = match before.expires_at {
@@ -433,11 +434,12 @@ impl TokenService {
                 },
             ])
         });
-        match self
+        let spent = self
             .store
             .spend_refresh(parsed.hash(), now, successors)
-            .await?
-        {
+            .await
+            .inspect_err(|e| self.revocations.publish(Granularity::Grant, e.changed()))?;
+        match spent {
             SpendOutcome::Spent { old, mut issued } => {
                 self.revocations.publish(
                     Granularity::Update,
@@ -530,9 +532,17 @@ impl TokenService {
         g: Granularity,
         target: RevokeTarget,
     ) -> Result<Vec<Changed>, AdminError> {
-        let changed = self.store.revoke(target, self.clock.now()).await?;
-        self.revocations.publish(g, &changed);
-        Ok(changed)
+        match self.store.revoke(target, self.clock.now()).await {
+            Ok(changed) => {
+                self.revocations.publish(g, &changed);
+                Ok(changed)
+            }
+            Err(e) => {
+                // Part of it may be done in the store: this replica drops that part now.
+                self.revocations.publish(g, e.changed());
+                Err(e.into())
+            }
+        }
     }
 
     /// Lists a subject's tokens (metadata only).

@@ -37,12 +37,48 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("store data is corrupt: {0}")]
     Corrupt(Arc<str>),
+    /// A change that spans several steps (Redis Cluster) did part of its work, then the store
+    /// failed: treat it as [`StoreError::Unavailable`] (the caller retries), but the tokens in
+    /// `changed` were changed in the store and must be dropped from this replica's cache now.
+    #[error("store unavailable: {cause}")]
+    Incomplete {
+        /// What was changed in the store before the failure.
+        changed: Arc<[Changed]>,
+        /// Why the rest failed.
+        cause: Arc<str>,
+    },
 }
 
 impl StoreError {
     /// Builds an [`StoreError::Unavailable`] from any displayable cause.
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(cause.to_string().into())
+    }
+
+    /// `self`, carrying `changed` (what the failed call did change) when there is any.
+    #[must_use]
+    pub fn with_changed(self, changed: Vec<Changed>) -> Self {
+        if changed.is_empty() {
+            return self;
+        }
+        let cause = match self {
+            StoreError::Unavailable(c) => c,
+            StoreError::Incomplete { cause, .. } => cause,
+            other => other.to_string().into(),
+        };
+        StoreError::Incomplete {
+            changed: changed.into(),
+            cause,
+        }
+    }
+
+    /// The tokens a failed call changed anyway (see [`StoreError::Incomplete`]); empty for
+    /// every other error.
+    pub fn changed(&self) -> &[Changed] {
+        match self {
+            StoreError::Incomplete { changed, .. } => changed,
+            _ => &[],
+        }
     }
 }
 

@@ -37,7 +37,9 @@ pub fn admin_status(e: AdminError) -> Status {
         }
         AdminError::Refresh(r) => Status::failed_precondition(r.to_string()),
         e @ AdminError::RefreshReuse => Status::failed_precondition(e.to_string()),
-        AdminError::Store(StoreError::Unavailable(cause)) => {
+        AdminError::Store(
+            StoreError::Unavailable(cause) | StoreError::Incomplete { cause, .. },
+        ) => {
             tracing::warn!(error = %cause, "admin call could not reach the store");
             Status::unavailable("token store unavailable; retry")
         }

@@ -6,11 +6,13 @@
 //! revocation log keeps its three keys on one slot.
 //! - `P t:{<sha256 hex>}`: a HASH per token: `d` (the protobuf record), and the fields scripts read
 //!   or change: `e` expires_at, `r` revoked_at, `s` spent_at, `u` last_used_at, `k` kind, `c`
-//!   client, `i` token id, `g` grant, `p` 1 while a change to it may not have been published yet.
+//!   client, `i` token id, `g` grant, `p` 1 while a change to it may not have been published yet,
+//!   `n` (a spent refresh token) the hash of the successor it was spent for.
 //!   `EXPIREAT` = the token's expiry.
 //! - `P i:{<token id>}`: the token's hash (STRING), same expiry.
 //! - `P s:{<subject>}`: ZSET of the subject's token ids (score 0, ordered by id for paging).
 //! - `P g:{<grant id>}`: SET of the grant's token ids.
+//! - `P g:{<grant id>}:revoked`: the grant's tombstone (set by a grant revocation, for a day).
 //! - `P {rev}:revocations`: the revocation STREAM (fields `g` granularity, `at` unix ms, `h`
 //!   hashes), trimmed by age (`MINID ~`), and the pub/sub channel of the same name (sharded
 //!   pub/sub, `SPUBLISH`, on a cluster; `PUBLISH` on one server).
@@ -175,6 +177,12 @@ impl Keys {
         format!("{}g:{{{grant}}}", self.prefix)
     }
 
+    /// A grant's tombstone (on the grant index's slot): set by a grant revocation before it
+    /// reads the grant's members, checked by a refresh after it spends.
+    pub fn grant_tombstone(&self, grant: &str) -> String {
+        format!("{}g:{{{grant}}}:revoked", self.prefix)
+    }
+
     /// The revocation stream, and the pub/sub channel of the same name.
     pub fn revocations(&self) -> String {
         format!("{}{{rev}}:revocations", self.prefix)
@@ -212,19 +220,32 @@ return 1
 ";
 
 /// KEYS[1] the record. ARGV: now, '1' to require client ARGV[3].
-/// Returns 1 revoked now, 2 revoked before but maybe never published (`p`), 0 nothing to do.
+/// Returns {code, grant}: code 1 revoked now; 2 changed before (revoked, or shortened by a rotation) and maybe never
+/// published (`p`), so to be published again; 0 nothing to do.
 const REVOKE_RECORD: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'r', 'e', 'c', 'p')
-if not f[1] then return 0 end
+if not f[1] then return {0, ''} end
 local now, r, e = tonumber(ARGV[1]), tonumber(f[1]), tonumber(f[2])
-if ARGV[2] == '1' and f[3] ~= ARGV[3] then return 0 end
-if e ~= 0 and e <= now then return 0 end
-if r ~= 0 then
-  if f[4] == '1' then return 2 end
-  return 0
+if ARGV[2] == '1' and f[3] ~= ARGV[3] then return {0, ''} end
+local g = redis.call('HGET', KEYS[1], 'g') or ''
+if r == 0 and (e == 0 or e > now) then
+  redis.call('HSET', KEYS[1], 'r', now, 'p', 1)
+  return {1, g}
 end
-redis.call('HSET', KEYS[1], 'r', now, 'p', 1)
-return 1
+if f[4] == '1' then return {2, g} end
+return {0, g}
+";
+
+/// KEYS[1] a grant's tombstone, KEYS[2] its index (one slot). ARGV: now. Sets the tombstone
+/// (kept a day: far longer than any refresh in flight), then returns the grant's token ids.
+const GRANT_TOMBSTONE: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
+return redis.call('SMEMBERS', KEYS[2])
+";
+
+/// KEYS[1] a grant's tombstone. Returns 1 when the grant was revoked.
+const GRANT_REVOKED: &str = r"
+return redis.call('EXISTS', KEYS[1])
 ";
 
 /// KEYS[1] the record: its last change is published.
@@ -258,16 +279,21 @@ redis.call('EXPIREAT', KEYS[1], ne)
 return ne
 ";
 
-/// KEYS[1] the refresh token's record. ARGV: now.
-const SPEND: &str = r"
+/// KEYS[1] the refresh token's record. ARGV: now, nonce (the successor refresh token's hash).
+/// Idempotent: spent already with the same nonce is this same spend sent again (the client
+/// re-sends a call whose reply was lost), so it answers OK, not REUSED.
+pub const SPEND: &str = r"
 local now = tonumber(ARGV[1])
-local f = redis.call('HMGET', KEYS[1], 'k', 'r', 's', 'e')
+local f = redis.call('HMGET', KEYS[1], 'k', 'r', 's', 'e', 'n')
 if not f[1] or tonumber(f[1]) ~= 3 then return 'UNKNOWN' end
 if tonumber(f[2]) ~= 0 then return 'REVOKED' end
-if tonumber(f[3]) ~= 0 then return 'REUSED' end
+if tonumber(f[3]) ~= 0 then
+  if f[5] == ARGV[2] then return 'OK' end
+  return 'REUSED'
+end
 local e = tonumber(f[4])
 if e ~= 0 and e <= now then return 'EXPIRED' end
-redis.call('HSET', KEYS[1], 's', now)
+redis.call('HSET', KEYS[1], 's', now, 'n', ARGV[2])
 return 'OK'
 ";
 
@@ -290,6 +316,8 @@ struct Scripts {
     rotate_old: Script,
     spend: Script,
     touch: Script,
+    grant_tombstone: Script,
+    grant_revoked: Script,
 }
 
 impl Scripts {
@@ -303,6 +331,8 @@ impl Scripts {
             rotate_old: Script::new(ROTATE_OLD),
             spend: Script::new(SPEND),
             touch: Script::new(TOUCH),
+            grant_tombstone: Script::new(GRANT_TOMBSTONE),
+            grant_revoked: Script::new(GRANT_REVOKED),
         }
     }
 }
@@ -412,6 +442,24 @@ where
         .map(|item| f(c.clone(), item))
         .buffered(IN_FLIGHT)
         .try_collect()
+        .await
+}
+
+/// Like [`each`], but runs `f` for every item whatever the others return, and gives back every
+/// result (in order).
+async fn each_settled<T, R, F, Fut>(
+    c: &Conn,
+    items: impl IntoIterator<Item = T>,
+    f: F,
+) -> Vec<Result<R, StoreError>>
+where
+    F: Fn(Conn, T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, StoreError>>,
+{
+    futures_util::stream::iter(items)
+        .map(|item| f(c.clone(), item))
+        .buffered(IN_FLIGHT)
+        .collect()
         .await
 }
 
@@ -529,6 +577,17 @@ impl RedisStore {
         }
     }
 
+    /// One command, bounded by twice the timeout whatever the reconnect logic does.
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout * 2, f).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable("redis did not answer in time")),
+        }
+    }
+
     async fn hgetall(c: &mut Conn, key: &str) -> Result<Option<TokenRecord>, StoreError> {
         let fields: HashMap<String, Vec<u8>> = c.hgetall(key).await.map_err(unavailable)?;
         decode_hash(&fields)
@@ -541,8 +600,9 @@ impl RedisStore {
     /// 3. write each record: only now can the token be validated.
     ///
     /// A failure after step 1 leaves ids and index entries without a record: nothing accepts
-    /// them, listing prunes them, and they expire with the token. A token is never valid
-    /// before every revocation path can reach it.
+    /// them, listing skips them (and prunes an index entry only once its id key is gone), and
+    /// they expire with the token. A token is never valid before every revocation path can
+    /// reach it.
     async fn insert_records(
         &self,
         c: &mut Conn,
@@ -622,12 +682,14 @@ impl RedisStore {
         }
     }
 
-    /// The (token id, hash) pairs a revocation target names.
+    /// The (token id, hash) pairs a revocation target names, and the first error of the
+    /// lookups that failed (the pairs that were found are still returned, so that they can be
+    /// revoked). An error reading the index itself is returned as such: nothing was found.
     async fn resolve(
         &self,
         c: &mut Conn,
         target: &RevokeTarget,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<(Vec<(String, String)>, Option<StoreError>), StoreError> {
         let ids: Vec<String> = match target {
             RevokeTarget::Token(h) => {
                 let hex = h.to_hex();
@@ -635,45 +697,87 @@ impl RedisStore {
                     .hget(self.keys.record(&hex), "i")
                     .await
                     .map_err(unavailable)?;
-                return Ok(id.map(|id| vec![(id, hex)]).unwrap_or_default());
+                return Ok((id.map(|id| vec![(id, hex)]).unwrap_or_default(), None));
             }
             RevokeTarget::TokenId(id) => vec![id.clone()],
-            RevokeTarget::GrantId(g) => {
-                c.smembers(self.keys.grant(g)).await.map_err(unavailable)?
-            }
+            RevokeTarget::GrantId(g) => self.tombstone(c, g).await?,
             RevokeTarget::SubjectClient { subject, .. } | RevokeTarget::Subject(subject) => c
                 .zrange(self.keys.subject(subject), 0, -1)
                 .await
                 .map_err(unavailable)?,
         };
-        let pairs = each(c, ids, |mut c, id| async move {
-            let hex: Option<String> = c.get(self.keys.id(&id)).await.map_err(unavailable)?;
+        Ok(self.pairs_of(c, ids).await)
+    }
+
+    /// Sets a grant's tombstone, then reads its token ids (one script on the grant's slot): a
+    /// refresh that spends from now on sees the tombstone, one that spent before has indexed its
+    /// successors already.
+    async fn tombstone(&self, c: &mut Conn, grant: &str) -> Result<Vec<String>, StoreError> {
+        let mut inv = self
+            .scripts
+            .grant_tombstone
+            .key(self.keys.grant_tombstone(grant));
+        inv.key(self.keys.grant(grant)).arg(now_ms() / 1000);
+        self.bounded(inv.invoke_async(c)).await
+    }
+
+    /// The (token id, hash) pairs of `ids`, and the first error of the lookups that failed.
+    async fn pairs_of(
+        &self,
+        c: &mut Conn,
+        ids: Vec<String>,
+    ) -> (Vec<(String, String)>, Option<StoreError>) {
+        let found = each_settled(c, ids, |mut c, id| async move {
+            let key = self.keys.id(&id);
+            let hex: Option<String> = self.bounded(c.get(&key)).await?;
             Ok(hex.map(|hex| (id, hex)))
         })
-        .await?;
-        Ok(pairs.into_iter().flatten().collect())
+        .await;
+        let (mut pairs, mut failed) = (Vec::new(), None);
+        for f in found {
+            match f {
+                Ok(Some(pair)) => pairs.push(pair),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        (pairs, failed)
     }
 
     /// Appends one event to the revocation stream and publishes it (one script on the stream's
-    /// slot). On failure a background task keeps trying for a while (see `RedisStore::revoke_with`).
-    async fn publish(
-        &self,
-        c: &mut Conn,
-        granularity: &str,
-        hexes: &[String],
-    ) -> Result<(), StoreError> {
-        match self.publish_once(c, granularity, hexes).await {
-            Ok(()) => {
-                self.confirm(c, hexes).await;
-                Ok(())
+    /// slot), then clears `p` on the records. On failure a background task keeps trying for a
+    /// while (see `RedisStore::revoke_with`).
+    ///
+    /// The attempt and its retries run in a task of their own: dropping this future (the
+    /// caller's deadline) never cancels them, so a record marked `p` is always either published
+    /// or left to the retries. This future only waits for the first attempt's result.
+    async fn publish(&self, granularity: &str, hexes: Vec<String>) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let store = self.clone();
+        let granularity = granularity.to_owned();
+        tokio::spawn(async move {
+            let mut c = store.conn.clone();
+            let first = tokio::time::timeout(
+                store.timeout * 2,
+                store.publish_once(&mut c, &granularity, &hexes),
+            )
+            .await
+            .unwrap_or_else(|_| Err(unavailable("redis did not answer in time")));
+            match first {
+                Ok(()) => {
+                    store.confirm(&mut c, &hexes).await;
+                    let _ = tx.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    store.republish(granularity, hexes).await;
+                }
             }
-            Err(e) => {
-                let store = self.clone();
-                let (granularity, hexes) = (granularity.to_owned(), hexes.to_vec());
-                tokio::spawn(async move { store.republish(granularity, hexes).await });
-                Err(e)
-            }
-        }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(unavailable("the revocation event task ended")))
     }
 
     async fn publish_once(
@@ -766,14 +870,26 @@ impl RedisStore {
     /// records still marked `p` are published again (and reported again, as this call is the
     /// one that completes them), records whose revocation was published are not.
     ///
+    /// If some records cannot be marked (their slot is down), every other record is still
+    /// marked and published, and the call returns `UNAVAILABLE` carrying what it did change
+    /// ([`StoreError::Incomplete`]), so this replica drops those from its cache at once. The
+    /// event and its retries run in a task of their own (see `RedisStore::publish`): the
+    /// caller's deadline cannot cancel them between step 1 and step 2.
+    ///
     /// Publishing first would be unsafe: a replica could refill its cache from the store
     /// between the event and the record change, and keep an allowed entry for a revoked token.
+    ///
+    /// Each step has its own bound (the lookups, each mark, the first publish attempt), and the
+    /// whole sequence runs in a task of its own ([`RedisStore::revoke_detached`]), so no
+    /// caller's deadline can stop it between marking and publishing, and every mark that can be
+    /// made is made and reported.
     async fn revoke_with(
         &self,
-        c: &mut Conn,
         target: RevokeTarget,
         now: i64,
     ) -> Result<Vec<Changed>, StoreError> {
+        let mut conn = self.conn.clone();
+        let c = &mut conn;
         let granularity = match &target {
             RevokeTarget::Token(_) | RevokeTarget::TokenId(_) => "token",
             RevokeTarget::GrantId(_) | RevokeTarget::SubjectClient { .. } => "grant",
@@ -783,37 +899,238 @@ impl RedisStore {
             RevokeTarget::SubjectClient { client_id, .. } => Some(client_id.clone()),
             _ => None,
         };
-        let pairs = self.resolve(c, &target).await?;
+        let (pairs, mut failed) = tokio::time::timeout(self.timeout * 6, self.resolve(c, &target))
+            .await
+            .unwrap_or_else(|_| Err(unavailable("redis did not answer in time")))?;
         let (only, client) = match &client {
             Some(cl) => ("1", cl.as_str()),
             None => ("0", ""),
         };
-        let marked = each(c, pairs, |mut c, (id, hex)| async move {
-            let done: i64 = self
-                .scripts
-                .revoke_record
-                .key(self.keys.record(&hex))
-                .arg(now)
-                .arg(only)
-                .arg(client)
-                .invoke_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            Ok((done != 0).then_some((id, hex)))
-        })
-        .await?;
         let mut changed = Vec::new();
         let mut hexes = Vec::new();
-        for (id, hex) in marked.into_iter().flatten() {
-            if let Some(hash) = hex_hash(&hex) {
-                changed.push(Changed { hash, token_id: id });
-                hexes.push(hex);
+        let mut grants = Vec::new();
+        self.mark(
+            c,
+            pairs,
+            (now, only, client),
+            &mut changed,
+            &mut hexes,
+            &mut grants,
+            &mut failed,
+        )
+        .await;
+        // Disconnect: every grant it reached gets its tombstone, then the grant's members are
+        // revoked too (a refresh in flight indexed its successors in the grant, maybe after the
+        // subject index was read; see `spend_refresh`).
+        if matches!(target, RevokeTarget::SubjectClient { .. }) {
+            grants.sort();
+            grants.dedup();
+            let seen: std::collections::HashSet<String> = changed
+                .iter()
+                .map(|ch: &Changed| ch.token_id.clone())
+                .collect();
+            let mut ids = Vec::new();
+            for g in &grants {
+                match self.tombstone(c, g).await {
+                    Ok(members) => ids.extend(members.into_iter().filter(|i| !seen.contains(i))),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            let (more, err) = self.pairs_of(c, ids).await;
+            if let Some(e) = err {
+                failed.get_or_insert(e);
+            }
+            let mut ignored = Vec::new();
+            self.mark(
+                c,
+                more,
+                (now, only, client),
+                &mut changed,
+                &mut hexes,
+                &mut ignored,
+                &mut failed,
+            )
+            .await;
+        }
+        if !hexes.is_empty()
+            && let Err(e) = self.publish(granularity, hexes).await
+        {
+            failed.get_or_insert(e);
+        }
+        match failed {
+            None => Ok(changed),
+            Some(e) => Err(e.with_changed(changed)),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Marks every record of `pairs` revoked (each on its own slot, every one tried whatever the
+    /// others do: one slot down must not leave the records on the healthy ones marked but
+    /// unpublished), and collects what changed, the grants reached, and the first error.
+    #[allow(clippy::too_many_arguments)]
+    async fn mark(
+        &self,
+        c: &mut Conn,
+        pairs: Vec<(String, String)>,
+        (now, only, client): (i64, &str, &str),
+        changed: &mut Vec<Changed>,
+        hexes: &mut Vec<String>,
+        grants: &mut Vec<String>,
+        failed: &mut Option<StoreError>,
+    ) {
+        let marked = each_settled(c, pairs, |mut c, (id, hex)| async move {
+            let mut mark = self.scripts.revoke_record.key(self.keys.record(&hex));
+            mark.arg(now).arg(only).arg(client);
+            let (done, grant): (i64, String) = self.bounded(mark.invoke_async(&mut c)).await?;
+            Ok((done, id, hex, grant))
+        })
+        .await;
+        for m in marked {
+            match m {
+                Ok((done, id, hex, grant)) => {
+                    if !grant.is_empty() {
+                        grants.push(grant);
+                    }
+                    if done != 0
+                        && let Some(hash) = hex_hash(&hex)
+                    {
+                        changed.push(Changed { hash, token_id: id });
+                        hexes.push(hex);
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        if !hexes.is_empty() {
-            self.publish(c, granularity, &hexes).await?;
-        }
-        Ok(changed)
+    }
+
+    /// The spending steps of [`TokenStore::spend_refresh`] (one bound for all of them): the
+    /// outcome, or the grant to revoke when the refresh token was reused.
+    fn spend_steps(
+        &self,
+        hash: TokenHash,
+        now: i64,
+        successors: Successors,
+    ) -> StoreFuture<'_, Result<SpendOutcome, Reuse>> {
+        self.steps(move |mut c| async move {
+            let rk = self.keys.record(&hash.to_hex());
+            let Some(old) = Self::hgetall(&mut c, &rk).await? else {
+                return Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Unknown)));
+            };
+            let grant = old.grant_id.clone();
+            match RefreshState::of(&old, now) {
+                RefreshState::Usable => {}
+                RefreshState::Refused(r) => return Ok(Ok(SpendOutcome::Refused(r))),
+                RefreshState::Reused => return Ok(Err(Reuse(grant))),
+            }
+            let issued = match successors(&old) {
+                Ok(v) => v,
+                Err(r) => return Ok(Ok(SpendOutcome::Refused(r))),
+            };
+            if issued.len() != 2 {
+                return Err(StoreError::Corrupt(
+                    "a refresh must issue exactly two tokens".into(),
+                ));
+            }
+            self.insert_records(&mut c, &issued).await?;
+            let nonce = issued.last().map(|r| r.hash.to_hex()).unwrap_or_default();
+            let outcome: String = match self
+                .scripts
+                .spend
+                .key(&rk)
+                .arg(now)
+                .arg(&nonce)
+                .invoke_async(&mut c)
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    self.remove_records(&mut c, &issued).await;
+                    return Err(unavailable(e));
+                }
+            };
+            if outcome != "OK" {
+                self.remove_records(&mut c, &issued).await;
+            }
+            if outcome == "OK" && !grant.is_empty() {
+                // A grant revocation sets the tombstone before it reads the grant's members: if
+                // it is not set now, that revocation (if any) will find the successors, indexed
+                // above; if it is, the successors are revoked here and nothing is handed out.
+                let tomb = self.keys.grant_tombstone(&grant);
+                let revoked: i64 = self
+                    .bounded(self.scripts.grant_revoked.key(&tomb).invoke_async(&mut c))
+                    .await?;
+                if revoked != 0 {
+                    let pairs = issued
+                        .iter()
+                        .map(|r| (r.token_id.clone(), r.hash.to_hex()))
+                        .collect();
+                    let (mut changed, mut hexes, mut grants, mut failed) =
+                        (Vec::new(), Vec::new(), Vec::new(), None);
+                    self.mark(
+                        &mut c,
+                        pairs,
+                        (now, "0", ""),
+                        &mut changed,
+                        &mut hexes,
+                        &mut grants,
+                        &mut failed,
+                    )
+                    .await;
+                    // Never handed out, so in no cache: the marks suffice, the event is for
+                    // the record. A failed mark leaves a token nobody knows.
+                    if !hexes.is_empty() {
+                        let _ = self.publish("grant", hexes).await;
+                    }
+                    return Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Revoked)));
+                }
+            }
+            match outcome.as_str() {
+                "OK" => {
+                    let mut spent = old;
+                    spent.spent_at = now;
+                    Ok(Ok(SpendOutcome::Spent {
+                        old: Box::new(spent),
+                        issued,
+                    }))
+                }
+                // Spent by a concurrent refresh between our read and the script: reuse.
+                "REUSED" => Ok(Err(Reuse(grant))),
+                "REVOKED" => Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Revoked))),
+                "EXPIRED" => Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Expired))),
+                _ => Ok(Ok(SpendOutcome::Refused(RefreshRefusal::Unknown))),
+            }
+        })
+    }
+}
+
+/// What listing found for an id of a subject's index.
+enum Listed {
+    /// The id key is there; the record, if it is there too.
+    Record(Option<Box<TokenRecord>>),
+    /// The id key is gone: the token expired (or was never completed and removed).
+    Gone,
+}
+
+/// A refresh token was presented again: its grant (this id) must be revoked.
+struct Reuse(String);
+
+impl RedisStore {
+    /// Runs [`RedisStore::revoke_with`] in a task of its own and waits for its result: when the
+    /// caller stops waiting, the revocation still completes (its steps are bounded).
+    async fn revoke_detached(
+        &self,
+        target: RevokeTarget,
+        now: i64,
+    ) -> Result<Vec<Changed>, StoreError> {
+        let store = self.clone();
+        tokio::spawn(async move { store.revoke_with(target, now).await })
+            .await
+            .unwrap_or_else(|_| Err(unavailable("the revocation task ended")))
     }
 }
 
@@ -882,6 +1199,17 @@ impl TokenStore for RedisStore {
                 || before.spent_at != 0
                 || before.is_expired(now)
             {
+                // A change to it that may never have been published (`p`: a revocation, or an
+                // earlier rotation whose event failed) is published again: a retry completes it.
+                let p: Option<String> = c.hget(&rk, "p").await.map_err(unavailable)?;
+                if p.as_deref() == Some("1") {
+                    let granularity = if before.is_revoked() {
+                        "token"
+                    } else {
+                        "update"
+                    };
+                    self.publish(granularity, vec![hex]).await?;
+                }
                 return Ok(None);
             }
             let new = [new];
@@ -901,7 +1229,14 @@ impl TokenStore for RedisStore {
                 return Ok(None);
             }
             let _: redis::RedisResult<i64> = c.expire_at(&id_key, set).await;
-            self.publish(&mut c, "update", &[hex]).await?;
+            if let Err(e) = self.publish("update", vec![hex]).await {
+                // The old record is changed in the store: this replica drops it anyway.
+                let changed = Changed {
+                    hash: before.hash,
+                    token_id: before.token_id.clone(),
+                };
+                return Err(e.with_changed(vec![changed]));
+            }
             Ok(Some(before))
         })
     }
@@ -916,71 +1251,22 @@ impl TokenStore for RedisStore {
         now: i64,
         successors: Successors,
     ) -> StoreFuture<'_, SpendOutcome> {
-        self.steps(move |mut c| async move {
-            let rk = self.keys.record(&hash.to_hex());
-            let Some(old) = Self::hgetall(&mut c, &rk).await? else {
-                return Ok(SpendOutcome::Refused(RefreshRefusal::Unknown));
+        Box::pin(async move {
+            // On reuse the grant is revoked outside the bound of the spending steps, in a task
+            // of its own (see `RedisStore::revoke_detached`).
+            let grant = match self.spend_steps(hash, now, successors).await? {
+                Ok(done) => return Ok(done),
+                Err(Reuse(grant)) => grant,
             };
-            let grant = old.grant_id.clone();
-            let reuse = |c: Conn| async move {
-                let mut c = c;
-                let revoked = self
-                    .revoke_with(&mut c, RevokeTarget::GrantId(grant), now)
-                    .await?;
-                Ok(SpendOutcome::Reused { revoked })
-            };
-            match RefreshState::of(&old, now) {
-                RefreshState::Usable => {}
-                RefreshState::Refused(r) => return Ok(SpendOutcome::Refused(r)),
-                RefreshState::Reused => return reuse(c).await,
-            }
-            let issued = match successors(&old) {
-                Ok(v) => v,
-                Err(r) => return Ok(SpendOutcome::Refused(r)),
-            };
-            if issued.len() != 2 {
-                return Err(StoreError::Corrupt(
-                    "a refresh must issue exactly two tokens".into(),
-                ));
-            }
-            self.insert_records(&mut c, &issued).await?;
-            let outcome: String = match self
-                .scripts
-                .spend
-                .key(&rk)
-                .arg(now)
-                .invoke_async(&mut c)
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => {
-                    self.remove_records(&mut c, &issued).await;
-                    return Err(unavailable(e));
-                }
-            };
-            if outcome != "OK" {
-                self.remove_records(&mut c, &issued).await;
-            }
-            match outcome.as_str() {
-                "OK" => {
-                    let mut spent = old;
-                    spent.spent_at = now;
-                    Ok(SpendOutcome::Spent {
-                        old: Box::new(spent),
-                        issued,
-                    })
-                }
-                // Spent by a concurrent refresh between our read and the script: reuse.
-                "REUSED" => reuse(c).await,
-                "REVOKED" => Ok(SpendOutcome::Refused(RefreshRefusal::Revoked)),
-                "EXPIRED" => Ok(SpendOutcome::Refused(RefreshRefusal::Expired)),
-                _ => Ok(SpendOutcome::Refused(RefreshRefusal::Unknown)),
-            }
+            let revoked = self
+                .revoke_detached(RevokeTarget::GrantId(grant), now)
+                .await?;
+            Ok(SpendOutcome::Reused { revoked })
         })
     }
 
     fn revoke(&self, target: RevokeTarget, now: i64) -> StoreFuture<'_, Vec<Changed>> {
-        self.steps(move |mut c| async move { self.revoke_with(&mut c, target, now).await })
+        Box::pin(self.revoke_detached(target, now))
     }
 
     fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage> {
@@ -1013,23 +1299,33 @@ impl TokenStore for RedisStore {
                     let hex: Option<String> =
                         c.get(self.keys.id(&id)).await.map_err(unavailable)?;
                     match hex {
-                        Some(h) => Self::hgetall(&mut c, &self.keys.record(&h)).await,
-                        None => Ok(None),
+                        Some(h) => Self::hgetall(&mut c, &self.keys.record(&h))
+                            .await
+                            .map(|r| Listed::Record(r.map(Box::new))),
+                        None => Ok(Listed::Gone),
                     }
                 })
                 .await?;
                 let mut stale = Vec::new();
                 for (id, rec) in ids.iter().zip(records) {
-                    let Some(r) = rec else {
-                        stale.push(id.clone());
-                        continue;
+                    let r = match rec {
+                        Listed::Record(Some(r)) => *r,
+                        // An id without its record is a token being created (`insert_records`
+                        // writes the record last) or left by a failed one: not listed, and not
+                        // pruned either, as the record may be about to appear.
+                        Listed::Record(None) => continue,
+                        Listed::Gone => {
+                            stale.push(id.clone());
+                            continue;
+                        }
                     };
                     if q.matches(&r) && !page.offer(r, q.limit) {
                         return Ok(page);
                     }
                 }
                 if !stale.is_empty() {
-                    // Expired tokens leave their id behind in the index: tidy up.
+                    // Expired tokens leave their id behind in the index (the `i:` key expires
+                    // with the token, the index lives as long as its longest token): tidy up.
                     let _: i64 = c.zrem(&sk, &stale).await.map_err(unavailable)?;
                 }
                 if ids.len() < batch {

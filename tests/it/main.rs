@@ -20,6 +20,7 @@ mod redis;
 mod redis_cluster;
 mod redis_cluster_server;
 mod redis_server;
+mod redis_store_faults;
 mod replica;
 mod tls;
 mod validate;
