@@ -50,12 +50,20 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Validates `token` on `s` twice and checks the second answer came from the cache.
+/// Gets `token` into `s`'s cache: validates it until an answer comes from the cache (no store
+/// read). A precondition, so it tolerates a flush the feed may do in between (a read that
+/// outlived the lease on a loaded machine, say), but not a cache that never serves it.
 pub(crate) async fn cache_on(s: &TestServer, token: &str) {
-    assert_eq!(decision(&s.check(token, &[]).await), Decision::Allow);
-    let gets = s.calls.gets();
-    assert_eq!(decision(&s.check(token, &[]).await), Decision::Allow);
-    assert_eq!(s.calls.gets(), gets, "second answer came from the cache");
+    for attempt in 1..=10 {
+        assert_eq!(decision(&s.check(token, &[]).await), Decision::Allow);
+        let gets = s.calls.gets();
+        assert_eq!(decision(&s.check(token, &[]).await), Decision::Allow);
+        if s.calls.gets() == gets {
+            return;
+        }
+        eprintln!("cache_on: attempt {attempt}: the second answer read the store; again");
+    }
+    panic!("ten second answers in a row came from the store, not the cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
