@@ -13,7 +13,8 @@ use crate::proxy::Proxy;
 use crate::redis_server::RedisServer;
 use crate::replica::Replica;
 
-async fn replica(url: &str, extra: &[&str]) -> TestServer {
+/// A replica on `url`, started and ready (its feed has caught up).
+pub(crate) async fn replica(url: &str, extra: &[&str]) -> TestServer {
     let mut args = vec!["--store", url];
     args.extend_from_slice(extra);
     let s = TestServer::start_with(&args).await;

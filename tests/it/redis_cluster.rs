@@ -11,20 +11,14 @@ use navis_auth::token::TokenHash;
 use tonic::Code;
 
 use crate::helpers::{TestServer, decision, eventually, req};
-use crate::redis::{cache_on, percentile, refused_after};
+use crate::redis::{cache_on, percentile, refused_after, replica};
 use crate::redis_cluster_server::RedisCluster;
 
-const STREAM: &str = "navis-auth:{rev}:revocations";
+/// The revocation stream's key (the default prefix, hash-tagged onto one slot).
+pub(crate) const STREAM: &str = "navis-auth:{rev}:revocations";
 
-async fn replica(url: &str, extra: &[&str]) -> TestServer {
-    let mut args = vec!["--store", url];
-    args.extend_from_slice(extra);
-    let s = TestServer::start_with(&args).await;
-    s.wait_ready().await;
-    s
-}
-
-fn record_key(token: &str) -> String {
+/// The Redis key of `token`'s record (default prefix).
+pub(crate) fn record_key(token: &str) -> String {
     format!("navis-auth:t:{{{}}}", TokenHash::of(token).to_hex())
 }
 

@@ -8,24 +8,11 @@ use navis_auth::pb::{self, Decision};
 use navis_auth::token::TokenHash;
 use tonic::Code;
 
-use crate::helpers::{TestServer, decision};
-use crate::redis::{cache_on, refused_after};
+use crate::helpers::decision;
+use crate::redis::{cache_on, refused_after, replica};
+use crate::redis_cluster::{STREAM, record_key};
 use crate::redis_cluster_server::RedisCluster;
 use crate::redis_server::RedisServer;
-
-const STREAM: &str = "navis-auth:{rev}:revocations";
-
-async fn replica(url: &str, extra: &[&str]) -> TestServer {
-    let mut args = vec!["--store", url];
-    args.extend_from_slice(extra);
-    let s = TestServer::start_with(&args).await;
-    s.wait_ready().await;
-    s
-}
-
-fn record_key(token: &str) -> String {
-    format!("navis-auth:t:{{{}}}", TokenHash::of(token).to_hex())
-}
 
 fn id_key(id: &str) -> String {
     format!("navis-auth:i:{{{id}}}")
